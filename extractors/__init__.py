@@ -1,0 +1,1 @@
+"""mer.extractors: registered feature extractors (one module per model family)."""

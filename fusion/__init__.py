@@ -1,0 +1,1 @@
+"""mer.fusion: fusion models (AGT and baselines), k-fold training, self-training and prediction."""

@@ -1,0 +1,1 @@
+"""mer.pipeline: decode stages, the command line and scheduling (local or dask.distributed)."""

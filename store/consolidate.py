@@ -1,0 +1,164 @@
+"""Merge write-ahead segments into a feature set's Zarr arrays.
+
+Only one consolidation runs per set at a time (``flock`` on the set directory). The commit point
+is the rewrite of the group's ``zarr.json`` (atomic: temporary file + rename) that raises
+``n_rows``/``n_frames``; array rows beyond those counts are an unfinished append and are cut off
+by the next consolidation. The ids of the segments merged by a commit are recorded in it, so a
+crash between the commit and the deletion of those segment files never merges them twice.
+
+A clip that is already committed and arrives again (a forced redo) replaces its row in place at
+utterance level; at frame level its old row is blanked (name ``""``) and the new frames appended.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from .layout import ATTR
+from .lock import locked
+from .provenance import utc_now
+from .segments import Segment, list_segments, read_segment, remove_pending_dir_if_empty, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from .featureset import FeatureSet
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 512 * 1024 * 1024  # segments merged per commit, to bound memory
+
+
+def consolidate(fs: FeatureSet, *, timeout: float = 600.0) -> int:
+    """Merge every committed segment of ``fs`` into its arrays; returns the number of clips merged."""
+    pending = fs.pending_dir
+    if not pending.is_dir():
+        return 0
+    merged = 0
+    with locked(fs.path, timeout=timeout, what=f"feature set {fs.key!r}"):
+        group = fs.group(mode="r+")
+        meta = dict(group.attrs[ATTR])
+        remove_stale_temporaries(pending)
+        for seg_id in meta.get("last_consolidation", []):  # merged before a crash, not yet deleted
+            (pending / f"{seg_id}.npz").unlink(missing_ok=True)
+        batch: list[Segment] = []
+        size = 0
+        for path in list_segments(pending):
+            seg = read_segment(path)
+            batch.append(seg)
+            size += seg.nbytes
+            if size >= MAX_BATCH_BYTES:
+                merged += _merge(group, meta, batch)
+                _delete(pending, batch)
+                batch, size = [], 0
+        if batch:
+            merged += _merge(group, meta, batch)
+            _delete(pending, batch)
+        remove_pending_dir_if_empty(pending)
+    if merged:
+        log.info("consolidated %d clips into %s", merged, fs.key)
+    return merged
+
+
+def _delete(pending: Any, batch: list[Segment]) -> None:
+    for seg in batch:
+        (pending / f"{seg.seg_id}.npz").unlink(missing_ok=True)
+
+
+def _latest(batch: list[Segment]) -> tuple[dict[str, tuple[Segment, int]], dict[str, str]]:
+    """Latest version of each clip across the batch (later segments win), and failures."""
+    done: dict[str, tuple[Segment, int]] = {}
+    failed: dict[str, str] = {}
+    for seg in batch:
+        failed.update(seg.failed)
+        for i, name in enumerate(seg.names):
+            done.pop(name, None)  # re-insert so dict order is the latest arrival
+            done[name] = (seg, i)
+    return done, failed
+
+
+def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int:
+    """Append (or replace) the batch's clips, then commit by rewriting the group attributes."""
+    done, failed = _latest(batch)
+    n, f = int(meta["n_rows"]), int(meta["n_frames"])
+    names_arr, values = group["names"], group["values"]
+    _truncate(group, meta, n, f)
+    existing = {str(x): i for i, x in enumerate(names_arr[:n]) if x != ""}
+    level = meta["level"]
+    dtype = np.dtype(meta["dtype"])
+
+    if level == "utt":
+        redo = [k for k in done if k in existing]
+        new = [k for k in done if k not in existing]
+        if redo:
+            rows = np.array([existing[k] for k in redo])
+            order = np.argsort(rows)
+            vecs = np.stack([_vec(done[k]) for k in redo]).astype(dtype)
+            values.set_orthogonal_selection((rows[order], slice(None)), vecs[order])
+        if new:
+            vecs = np.stack([_vec(done[k]) for k in new]).astype(dtype)
+            values.resize((n + len(new), values.shape[1]))
+            values[n:] = vecs
+            names_arr.resize((n + len(new),))
+            names_arr[n:] = np.array(new, dtype=object)
+        n += len(new)
+    else:
+        redo_rows = sorted(existing[k] for k in done if k in existing)
+        for row in redo_rows:  # blank the superseded rows; their frames stay but are unreachable
+            names_arr[row] = ""
+        meta["n_superseded"] = int(meta.get("n_superseded", 0)) + len(redo_rows)
+        clips = [_frames(done[k]) for k in done]
+        lengths = np.array([len(v) for v, _ in clips], dtype=np.int64)
+        total = int(lengths.sum())
+        if clips:
+            values.resize((f + total, values.shape[1]))
+            values[f:] = np.concatenate([v for v, _ in clips]).astype(dtype)
+            times = group["times"]
+            times.resize((f + total,))
+            times[f:] = np.concatenate([t for _, t in clips]).astype(np.float32)
+            offsets = group["offsets"]
+            offsets.resize((n + len(clips) + 1,))
+            offsets[n + 1:] = f + np.cumsum(lengths)
+            names_arr.resize((n + len(clips),))
+            names_arr[n:] = np.array(list(done), dtype=object)
+        n += len(clips)
+        f += total
+
+    now = utc_now()
+    failures = dict(meta.get("failures", {}))
+    for name, reason in failed.items():
+        failures[name] = {"reason": reason, "time": now}
+    for name in done:
+        failures.pop(name, None)
+    meta.update(n_rows=n, n_frames=f, failures=failures, updated=now,
+                last_consolidation=[seg.seg_id for seg in batch])
+    group.attrs[ATTR] = meta  # the commit
+    return len(done)
+
+
+def _truncate(group: zarr.Group, meta: dict[str, Any], n: int, f: int) -> None:
+    """Cut array tails written by a consolidation that died before its commit."""
+    if group["names"].shape[0] != n:
+        group["names"].resize((n,))
+    if meta["level"] == "utt":
+        if group["values"].shape[0] != n:
+            group["values"].resize((n, group["values"].shape[1]))
+        return
+    if group["offsets"].shape[0] != n + 1:
+        group["offsets"].resize((n + 1,))
+    for key in ("values", "times"):
+        arr = group[key]
+        if arr.shape[0] != f:
+            arr.resize((f,) + arr.shape[1:])
+
+
+def _vec(entry: tuple[Segment, int]) -> np.ndarray:
+    seg, i = entry
+    return seg.values[i]
+
+
+def _frames(entry: tuple[Segment, int]) -> tuple[np.ndarray, np.ndarray]:
+    seg, i = entry
+    return seg.frames(i)

@@ -1,0 +1,64 @@
+"""Exceptions raised by the feature store. Each message names the set, the clip and the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class StoreError(Exception):
+    """Base class of every error the feature store raises on purpose."""
+
+
+class FeatureSetNotFound(StoreError, KeyError):
+    """The store holds no feature set under the requested key."""
+
+    def __init__(self, key: str, available: Sequence[str]) -> None:
+        listed = ", ".join(available) if available else "none"
+        super().__init__(f"feature set {key!r} not found in store (sets: {listed})")
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return self.args[0]
+
+
+class ProvenanceMismatch(StoreError):
+    """Writing into a set whose recorded provenance differs from the writer's."""
+
+    def __init__(self, key: str, differences: dict[str, tuple[object, object]]) -> None:
+        lines = [f"  {field}: stored={old!r} new={new!r}" for field, (old, new) in differences.items()]
+        super().__init__(
+            f"feature set {key!r} was written with a different provenance; refusing to mix them.\n"
+            + "\n".join(lines)
+            + "\nUse --force (force=True) to start the set anew, or write to another set name."
+        )
+        self.key = key
+        self.differences = differences
+
+
+class MissingClipsError(StoreError, KeyError):
+    """Some requested clip names are not (done) in the feature set."""
+
+    def __init__(self, key: str, missing: Sequence[str], requested: int) -> None:
+        shown = ", ".join(missing[:20]) + (", ..." if len(missing) > 20 else "")
+        super().__init__(
+            f"feature set {key!r} lacks {len(missing)} of {requested} requested clips: {shown}"
+        )
+        self.key = key
+        self.missing = list(missing)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ClipValueError(StoreError, ValueError):
+    """A clip's vectors have the wrong shape or contain NaN/Inf."""
+
+    def __init__(self, key: str, clip: str, problem: str) -> None:
+        super().__init__(f"clip {clip!r} in feature set {key!r}: {problem}")
+        self.key = key
+        self.clip = clip
+        self.problem = problem
+
+
+class StoreLockTimeout(StoreError, TimeoutError):
+    """Another process holds the feature set's lock for longer than we are willing to wait."""

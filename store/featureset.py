@@ -1,0 +1,242 @@
+"""One feature set: read access, the completion ledger, and the entry points for writers.
+
+A clip is *done* when its name is in the set's ``names`` array (committed by a consolidation) or in
+a committed write-ahead segment under ``_pending/``; it is *failed* when the ledger records a reason
+and it is not done. Reads see committed clips only; ``mer store check --fix`` (or the next writer)
+consolidates segments left behind by a process that died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from .errors import MissingClipsError
+from .layout import ATTR, PENDING_DIR
+from .provenance import Provenance
+from .segments import Segment, list_segments, read_segment_names, write_segment
+
+if TYPE_CHECKING:
+    from .writer import FeatureSetWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameBatch:
+    """Frame-level features of several clips as one padded array.
+
+    Attributes:
+        values: ``[N, T_max, D]``, zeros where ``mask`` is False.
+        mask: ``[N, T_max]`` bool, True on real frames.
+        times: ``[N, T_max]`` float32 seconds, NaN on padding (and where unknown).
+        lengths: ``[N]`` frames per clip.
+    """
+
+    values: np.ndarray
+    mask: np.ndarray
+    times: np.ndarray
+    lengths: np.ndarray
+
+
+class FeatureSet:
+    """A ``<modality>/<name>`` group of a :class:`~mer.store.FeatureStore`.
+
+    Instances are cheap handles: every call re-reads the group's metadata, so a handle stays
+    correct while other processes append to the set.
+    """
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.root = Path(root)
+        self.key = key
+        self.path = self.root / key
+
+    # ---- metadata -------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        """The set's ``mer`` attribute dict (layout, counts, provenance, failures)."""
+        with open(self.path / "zarr.json", encoding="utf-8") as f:
+            return json.load(f)["attributes"][ATTR]
+
+    @property
+    def level(self) -> str:
+        """``utt`` or ``frame``."""
+        return self.meta()["level"]
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension D."""
+        return int(self.meta()["dim"])
+
+    @property
+    def dtype(self) -> str:
+        """Stored dtype of the vectors."""
+        return self.meta()["dtype"]
+
+    @property
+    def provenance(self) -> Provenance:
+        """What produced the vectors."""
+        return Provenance.from_dict(self.meta()["provenance"])
+
+    def group(self, mode: str = "r") -> zarr.Group:
+        """The set as a Zarr group (``mode='r+'`` for writers)."""
+        return zarr.open_group(str(self.path), mode=mode)
+
+    @property
+    def pending_dir(self) -> Path:
+        """Folder of write-ahead segments not yet consolidated."""
+        return self.path / PENDING_DIR
+
+    # ---- ledger ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Committed clip names in row order (superseded rows left out)."""
+        meta = self.meta()
+        raw = self.group()["names"][: meta["n_rows"]]
+        return [str(n) for n in raw if n != ""]
+
+    def index(self) -> dict[str, int]:
+        """Clip name -> row of the committed arrays."""
+        meta = self.meta()
+        raw = self.group()["names"][: meta["n_rows"]]
+        return {str(n): i for i, n in enumerate(raw) if n != ""}
+
+    def pending_names(self) -> tuple[set[str], dict[str, str]]:
+        """Done and failed names held in uncommitted segments."""
+        done: set[str] = set()
+        failed: dict[str, str] = {}
+        for path in list_segments(self.pending_dir):
+            try:
+                d, f = read_segment_names(path)
+            except (OSError, ValueError, KeyError) as exc:  # deleted by a concurrent consolidation
+                log.debug("segment %s vanished while listing: %s", path, exc)
+                continue
+            done.update(d)
+            failed.update(dict.fromkeys(f, "recorded in a pending segment"))
+        return done, failed
+
+    def done_names(self) -> set[str]:
+        """Every clip whose vectors are durably written (committed or pending)."""
+        pending, _ = self.pending_names()
+        return set(self.names()) | pending
+
+    def failures(self) -> dict[str, str]:
+        """Failed clip -> reason, for clips that are not done."""
+        recorded = {k: v["reason"] for k, v in self.meta().get("failures", {}).items()}
+        done_pending, failed_pending = self.pending_names()
+        for name in failed_pending:
+            recorded.setdefault(name, failed_pending[name])
+        return {k: v for k, v in recorded.items() if k not in done_pending}
+
+    # ---- reading --------------------------------------------------------------------------
+    def _rows_for(self, names: list[str] | None) -> tuple[list[str], np.ndarray]:
+        index = self.index()
+        if names is None:
+            order = sorted(index.items(), key=lambda kv: kv[1])
+            return [k for k, _ in order], np.array([v for _, v in order], dtype=np.int64)
+        names = [str(n) for n in names]
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise MissingClipsError(self.key, missing, len(names))
+        return names, np.array([index[n] for n in names], dtype=np.int64)
+
+    def read(self, names: list[str] | None = None, *, dtype: str | None = None) -> np.ndarray | list[np.ndarray]:
+        """Vectors aligned to ``names`` (all committed clips in row order when ``None``).
+
+        Utterance level returns ``[N, D]``; frame level a list of ``[T_i, D]`` arrays (see
+        :meth:`read_padded`). Unknown names raise :class:`MissingClipsError` listing them.
+        """
+        names, rows = self._rows_for(names)
+        g = self.group()
+        values = g["values"]
+        if self.level == "utt":
+            out = _take_rows(values, rows)
+            return out.astype(dtype) if dtype else out
+        offsets = g["offsets"][: self.meta()["n_rows"] + 1]
+        chunks = _take_ranges(values, offsets[rows], offsets[rows + 1])
+        return [c.astype(dtype) if dtype else c for c in chunks]
+
+    def read_times(self, names: list[str] | None = None) -> list[np.ndarray]:
+        """Per-frame timestamps (seconds) of frame-level clips, aligned to ``names``."""
+        if self.level != "frame":
+            raise ValueError(f"feature set {self.key!r} is utterance level: it has no frame times")
+        names, rows = self._rows_for(names)
+        g = self.group()
+        offsets = g["offsets"][: self.meta()["n_rows"] + 1]
+        return _take_ranges(g["times"], offsets[rows], offsets[rows + 1])
+
+    def read_padded(self, names: list[str] | None = None, *, dtype: str = "float32",
+                    max_frames: int | None = None) -> FrameBatch:
+        """Frame-level clips as a zero-padded ``[N, T_max, D]`` array plus mask, times and lengths."""
+        clips = self.read(names, dtype=dtype)
+        if self.level != "frame":
+            raise ValueError(f"feature set {self.key!r} is utterance level: use read()")
+        times = self.read_times(names)
+        assert isinstance(clips, list)
+        lengths = np.array([min(len(c), max_frames or len(c)) for c in clips], dtype=np.int64)
+        t_max = int(lengths.max()) if len(lengths) else 0
+        out = np.zeros((len(clips), t_max, self.dim), dtype=dtype)
+        mask = np.zeros((len(clips), t_max), dtype=bool)
+        tt = np.full((len(clips), t_max), np.nan, dtype=np.float32)
+        for i, (c, t, n) in enumerate(zip(clips, times, lengths)):
+            out[i, :n] = c[:n]
+            mask[i, :n] = True
+            tt[i, :n] = t[:n]
+        return FrameBatch(values=out, mask=mask, times=tt, lengths=lengths)
+
+    # ---- writing --------------------------------------------------------------------------
+    def writer(self, *, flush_rows: int = 256, flush_seconds: float = 60.0,
+               consolidate_every: int = 32) -> FeatureSetWriter:
+        """A buffered writer; use it as a context manager (closing flushes and consolidates)."""
+        from .writer import FeatureSetWriter
+
+        return FeatureSetWriter(self, flush_rows=flush_rows, flush_seconds=flush_seconds,
+                                consolidate_every=consolidate_every)
+
+    def write_segment(self, segment: Segment) -> str:
+        """Commit one segment (used directly by distributed workers); returns its id."""
+        return write_segment(self.pending_dir, segment)
+
+    def consolidate(self, *, timeout: float = 600.0) -> int:
+        """Merge pending segments into the arrays; returns the number of clips merged."""
+        from .consolidate import consolidate
+
+        return consolidate(self, timeout=timeout)
+
+    def nbytes(self) -> int:
+        """Bytes the set occupies on disk."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def __repr__(self) -> str:
+        return f"FeatureSet({self.key!r}, root={str(self.root)!r})"
+
+
+def _take_rows(values: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """Rows of a 2-D array; reads one contiguous block when that is cheaper than picking."""
+    if len(rows) == 0:
+        return np.zeros((0, values.shape[1]), dtype=values.dtype)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    if hi - lo <= 4 * len(rows):
+        block = values[lo:hi]
+        return block[rows - lo]
+    order = np.argsort(rows)
+    picked = values.get_orthogonal_selection((rows[order], slice(None)))
+    out = np.empty_like(picked)
+    out[order] = picked
+    return out
+
+
+def _take_ranges(arr: zarr.Array, starts: np.ndarray, ends: np.ndarray) -> list[np.ndarray]:
+    """Slices ``arr[s:e]`` for each pair; one bulk read when the ranges cover much of the span."""
+    if len(starts) == 0:
+        return []
+    lo, hi = int(starts.min()), int(ends.max())
+    total = int((ends - starts).sum())
+    if hi - lo <= 4 * max(total, 1):
+        block = arr[lo:hi]
+        return [block[s - lo:e - lo] for s, e in zip(starts, ends)]
+    return [arr[int(s):int(e)] for s, e in zip(starts, ends)]

@@ -1,0 +1,176 @@
+"""Provenance of a feature set: what produced its vectors, recorded in the set's attributes.
+
+Two writers may share a set only when the *identity* part of their provenance agrees: extractor,
+its config, the model and its weights hash, the decode settings and the layout (level, dim, dtype).
+Package versions, the project commit and the creation time are recorded but not compared, so a
+`pip upgrade` does not lock anyone out of resuming a half-done set.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRACKED_PACKAGES = (
+    "mer", "numpy", "zarr", "torch", "transformers", "open_clip_torch", "ctranslate2",
+    "decord", "av", "scikit-learn",
+)
+IDENTITY_FIELDS = ("extractor", "config", "model", "weights_hash", "decode")
+
+
+@dataclass
+class Provenance:
+    """Where a feature set's vectors came from.
+
+    Attributes:
+        extractor: registered extractor name (``whisper-ct2``, ``clip``) or importer (``import-npy``).
+        config: the extractor's full config as a JSON-able dict.
+        model: hub id or local path of the model, or the source of imported features.
+        weights_hash: content hash of the model weights (see :func:`hash_path`), or ``None``.
+        decode: decode settings that shaped the inputs (fps, sample rate, face crop, text column).
+        packages: versions of the packages that matter, recorded at creation.
+        project: mer version and git commit, recorded at creation.
+        created: UTC creation time, ISO 8601.
+    """
+
+    extractor: str
+    config: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    weights_hash: str | None = None
+    decode: dict[str, Any] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=lambda: package_versions())
+    project: dict[str, str | None] = field(default_factory=lambda: project_version())
+    created: str = field(default_factory=lambda: utc_now())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (round-trips through :meth:`from_dict`)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        """Rebuild from :meth:`to_dict` output, ignoring unknown keys."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields two writers of one set must agree on."""
+        d = self.to_dict()
+        return {k: d[k] for k in IDENTITY_FIELDS}
+
+
+def identity_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two identity dicts (nested config keys are flattened)."""
+    flat_old, flat_new = _flatten(stored), _flatten(new)
+    keys = sorted(set(flat_old) | set(flat_new))
+    return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO 8601 with seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (missing packages are left out). Imports nothing."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def project_version() -> dict[str, str | None]:
+    """mer's version and, when running from a git checkout, its commit (``+dirty`` if modified)."""
+    from mer import __version__
+
+    here = Path(__file__).resolve().parent
+    commit = None
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        if res.returncode == 0:
+            commit = res.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5, check=False)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"version": __version__, "commit": commit}
+
+
+_HASH_CACHE = Path(os.environ.get("MER_CACHE", Path.home() / ".cache" / "mer")) / "weights-hash.json"
+
+
+def hash_path(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
+    """Content hash (``sha256:<hex>``) of a weights file or of every file under a directory.
+
+    Each file contributes its relative path and its bytes, in sorted order, so renaming or editing
+    any file changes the hash. Hashes are cached per (path, size, mtime) of every file, because a
+    13B model takes a minute to read.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"cannot hash weights: {root} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
+    stamp = [(str(p.relative_to(root.parent if root.is_file() else root)), p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    cache_key = hashlib.sha256(json.dumps([str(root.resolve()), stamp]).encode()).hexdigest()
+    cache = _load_cache() if use_cache else {}
+    if cache_key in cache:
+        return cache[cache_key]
+    h = hashlib.sha256()
+    for p, (rel, _size, _mtime) in zip(files, stamp):
+        h.update(rel.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    digest = f"sha256:{h.hexdigest()}"
+    if use_cache:
+        cache[cache_key] = digest
+        _save_cache(cache)
+    return digest
+
+
+def _hidden(p: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in p.relative_to(root).parts)
+
+
+def _load_cache() -> dict[str, str]:
+    try:
+        return json.loads(_HASH_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(cache: dict[str, str]) -> None:
+    try:
+        _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _HASH_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, _HASH_CACHE)
+    except OSError as exc:  # a read-only home must not stop extraction
+        log.debug("could not write weights-hash cache: %s", exc)
