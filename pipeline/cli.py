@@ -1,0 +1,59 @@
+"""The ``mer`` command. Each command is thin: it parses options and calls one library function.
+
+Heavy imports (torch, zarr, transformers) happen inside the commands, so ``mer --help`` is fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .cli_clips import app as clips_app
+from .cli_store import app as store_app
+from .cli_todo import extract_app, fuse_app
+from .logs import setup_logging
+
+app = typer.Typer(
+    name="mer",
+    help="Multimodal emotion recognition: extract features into a Zarr store, fuse them, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(extract_app, name="extract", help="Extract video, audio or text features into a store.")
+app.add_typer(fuse_app, name="fuse", help="Train, evaluate and apply fusion models on stored features.")
+app.add_typer(store_app, name="store", help="Inspect, check, import and export feature stores.")
+app.add_typer(clips_app, name="clips", help="Build and check clip tables.")
+
+
+@app.callback()
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the clip table, labels and store."),
+    data: Path = typer.Option(None, "--data", help="RAVDESS-style sample folder (default: bundled examples/ravdess)."),
+) -> None:
+    """Run the end-to-end demo on the bundled RAVDESS sample."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(out, data))
+
+
+def main() -> None:
+    """Console-script entry point: expected errors print one clear line and exit 1."""
+    from mer.store.errors import StoreError
+    from mer.store.tables import TableError
+
+    try:
+        app()
+    except (StoreError, TableError, FileNotFoundError, NotADirectoryError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Command groups whose issues have not landed yet: they say so and exit with code 2."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import typer
+
+extract_app = typer.Typer(no_args_is_help=True)
+fuse_app = typer.Typer(no_args_is_help=True)
+_LOOSE = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _todo(what: str) -> Callable[[typer.Context], None]:
+    def command(ctx: typer.Context) -> None:
+        typer.secho(f"`mer {what}` is not yet implemented in this version of mer.", err=True, fg="yellow")
+        raise typer.Exit(2)
+
+    return command
+
+
+for _name in ("video", "audio", "text"):
+    extract_app.command(_name, help=f"Extract {_name} features (not yet implemented).",
+                        context_settings=_LOOSE)(_todo(f"extract {_name}"))
+
+for _name in ("train", "predict", "eval", "compare", "selftrain", "vote"):
+    fuse_app.command(_name, help=f"Fusion: {_name} (not yet implemented).",
+                     context_settings=_LOOSE)(_todo(f"fuse {_name}"))

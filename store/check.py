@@ -1,0 +1,143 @@
+"""Integrity checks of a feature store, and the repairs that are safe to make.
+
+``check_store`` compares each set's ledger with its data: array lengths against the committed
+counts, offsets, names (empty, duplicated), NaN/Inf or missing chunks (values use a NaN fill, so a
+lost chunk reads as NaN), ledger failures that contradict done clips, and write-ahead segments
+left behind by a process that died. ``repair=True`` consolidates pending segments, cuts
+uncommitted tails, and blanks rows whose data is missing or not finite so a rerun redoes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .consolidate import consolidate
+from .featureset import FeatureSet
+from .featurestore import FeatureStore
+from .layout import ATTR
+from .lock import locked
+from .segments import list_segments
+
+log = logging.getLogger(__name__)
+
+SCAN_ROWS = 1 << 15  # rows per block when scanning values, to bound memory
+
+
+@dataclass
+class Problem:
+    """One finding: which set, which clip (if any), what is wrong, and whether it was fixed."""
+
+    key: str
+    problem: str
+    clip: str | None = None
+    fixed: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.key}" + (f" clip {self.clip!r}" if self.clip else "")
+        return f"{where}: {self.problem}" + (" [fixed]" if self.fixed else "")
+
+
+def check_store(store: FeatureStore, keys: list[str] | None = None, *, repair: bool = False) -> list[Problem]:
+    """Check every set (or ``keys``); with ``repair`` apply the safe fixes. Returns the findings."""
+    problems: list[Problem] = []
+    for key in keys or store.sets():
+        problems.extend(check_set(store[key], repair=repair))
+    return problems
+
+
+def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
+    """Check one feature set; see the module docstring."""
+    out: list[Problem] = []
+    pending = list_segments(fs.pending_dir)
+    if pending:
+        merged = fs.consolidate() if repair else 0
+        out.append(Problem(fs.key, f"{len(pending)} write-ahead segments not consolidated"
+                           + (f" ({merged} clips merged)" if repair else " (run `mer store check --fix`)"),
+                           fixed=repair))
+    if repair:
+        with locked(fs.path, what=f"feature set {fs.key!r}"):
+            out.extend(_check_arrays(fs, repair=True))
+    else:
+        out.extend(_check_arrays(fs, repair=False))
+    return out
+
+
+def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
+    out: list[Problem] = []
+    group = fs.group(mode="r+" if repair else "r")
+    meta = dict(group.attrs[ATTR])
+    n, f, level, dim = int(meta["n_rows"]), int(meta["n_frames"]), meta["level"], int(meta["dim"])
+    names_arr, values = group["names"], group["values"]
+
+    lengths = {"names": (names_arr.shape[0], n)}
+    if level == "utt":
+        lengths["values"] = (values.shape[0], n)
+    else:
+        lengths.update(values=(values.shape[0], f), times=(group["times"].shape[0], f),
+                       offsets=(group["offsets"].shape[0], n + 1))
+    for arr_name, (have, want) in lengths.items():
+        if have > want:
+            out.append(Problem(fs.key, f"{arr_name} has {have - want} uncommitted rows beyond the ledger "
+                               "(interrupted consolidation)", fixed=repair))
+            if repair:
+                group[arr_name].resize((want,) + group[arr_name].shape[1:])
+        elif have < want:
+            out.append(Problem(fs.key, f"{arr_name} has {have} rows but the ledger commits {want}: data lost"))
+    if values.shape[1] != dim:
+        out.append(Problem(fs.key, f"values have dim {values.shape[1]}, ledger says {dim}"))
+    if any(p.problem.endswith("data lost") for p in out):
+        return out  # the remaining checks would index past the arrays
+
+    names = names_arr[:n]
+    blank = int((names == "").sum())
+    if blank != int(meta.get("n_superseded", 0)):
+        out.append(Problem(fs.key, f"{blank} rows without a name, ledger expects {meta.get('n_superseded', 0)}"))
+    uniq, counts = np.unique(names[names != ""], return_counts=True)
+    for dup in uniq[counts > 1]:
+        out.append(Problem(fs.key, f"clip appears {int(counts[uniq == dup][0])} times", clip=str(dup)))
+
+    if level == "frame":
+        offsets = group["offsets"][: n + 1]
+        if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != f:
+            out.append(Problem(fs.key, f"offsets are not monotone from 0 to {f} frames"))
+            return out
+    bad_rows = _nonfinite_rows(group, level, n, f)
+    for row in bad_rows:
+        if names[row] == "":
+            continue
+        out.append(Problem(fs.key, "vectors missing or NaN/Inf; marked not done so a rerun redoes it"
+                           if repair else "vectors missing or NaN/Inf", clip=str(names[row]), fixed=repair))
+        if repair:
+            names_arr[int(row)] = ""
+    if repair and bad_rows:
+        meta["n_superseded"] = int((names_arr[:n] == "").sum())
+
+    done = set(names[names != ""].tolist())
+    contradicted = [k for k in meta.get("failures", {}) if k in done]
+    for clip in contradicted:
+        out.append(Problem(fs.key, "recorded as failed but also done", clip=clip, fixed=repair))
+    if repair and (contradicted or bad_rows):
+        meta["failures"] = {k: v for k, v in meta["failures"].items() if k not in done}
+        group.attrs[ATTR] = meta
+    return out
+
+
+def _nonfinite_rows(group, level: str, n: int, f: int) -> list[int]:
+    """Rows (utterance level) or clips (frame level) holding NaN/Inf, scanned block by block."""
+    values = group["values"]
+    if level == "utt":
+        bad: list[int] = []
+        for lo in range(0, n, SCAN_ROWS):
+            block = values[lo:min(n, lo + SCAN_ROWS)]
+            bad.extend((lo + np.flatnonzero(~np.isfinite(block).all(axis=1))).tolist())
+        return bad
+    offsets = group["offsets"][: n + 1]
+    bad_frames: list[np.ndarray] = []
+    for lo in range(0, f, SCAN_ROWS):
+        block = values[lo:min(f, lo + SCAN_ROWS)]
+        bad_frames.append(lo + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+    frames = np.concatenate(bad_frames) if bad_frames else np.zeros(0, np.int64)
+    return sorted(set(np.searchsorted(offsets, frames, side="right") - 1)) if len(frames) else []
