@@ -11,7 +11,6 @@ venv: $(STAMP)
 # torch, torchvision and torchaudio are pinned together in one pip call (see pyproject.toml).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
