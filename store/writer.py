@@ -99,7 +99,8 @@ class FeatureSetWriter:
         finite = np.isfinite(arr)
         if not finite.all():
             raise ClipValueError(self.fs.key, name, f"{int((~finite).sum())} NaN/Inf values")
-        stored = arr.astype(self.dtype)
+        with np.errstate(over="ignore"):
+            stored = arr.astype(self.dtype)
         if not np.isfinite(stored).all():
             raise ClipValueError(self.fs.key, name, f"values overflow {self.dtype} (max |x| = {np.abs(arr).max():.3g})")
         return stored
