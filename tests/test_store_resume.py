@@ -69,17 +69,20 @@ def test_sigkill_then_rerun_every_clip_once(tmp_path, level):
     cmd = WRITER + [str(s), "video/syn", level, str(n), "--flush-rows", "40", "--consolidate-every", "3"]
     rng = np.random.default_rng(1)
     kills = 0
+    progress = []
     for _attempt in range(6):
-        # ~1 ms per clip keeps each run a few seconds long, so the kills land mid-run
-        proc = subprocess.Popen(cmd + ["--sleep", "0.001"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # ~3 ms per clip keeps the whole job ~9 s long, so every kill lands mid-run
+        proc = subprocess.Popen(cmd + ["--sleep", "0.003"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(float(rng.uniform(0.8, 2.0)))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
+        if (s / "video" / "syn").exists():
+            progress.append(len(FeatureStore(s)["video/syn"].done_names()))
     assert kills >= 4, "the writer finished too quickly for the kills to land"
-    partial = len(FeatureStore(s)["video/syn"].done_names())
-    assert 0 < partial < n, f"the kills should leave a partial set, found {partial} of {n} done"
+    assert progress and 0 < progress[-1] < n, f"the kills should leave a partial set: {progress}"
+    assert progress == sorted(progress), f"each resumed run adds to the last: {progress}"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     store = FeatureStore(s)
