@@ -49,9 +49,13 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike[str], mode: str = "a") -> None:
         self.path = Path(path)
         self.mode = mode
-        if mode == "r" or (self.path / "zarr.json").exists():
-            if not (self.path / "zarr.json").exists():
-                raise StoreError(f"{self.path} is not a mer feature store (no zarr.json)")
+        if mode == "r" and not (self.path / "zarr.json").exists():
+            what = "does not exist" if not self.path.exists() else "is not a mer feature store (no zarr.json)"
+            raise StoreError(f"store {self.path} {what}")
+
+    def _ensure_root(self) -> None:
+        """Create the root group on the first write (so a failed command leaves no empty store)."""
+        if (self.path / "zarr.json").exists():
             return
         root = zarr.open_group(str(self.path), mode="a")
         root.attrs[ATTR] = {"format": FORMAT_VERSION, "kind": "feature-store", "created": utc_now()}
@@ -59,7 +63,9 @@ class FeatureStore:
     # ---- listing --------------------------------------------------------------------------
     def sets(self) -> list[str]:
         """Keys of every feature set, sorted."""
-        keys = []
+        keys: list[str] = []
+        if not self.path.is_dir():
+            return keys
         for mod in sorted(p for p in self.path.iterdir() if p.is_dir()):
             for sub in sorted(p for p in mod.iterdir() if p.is_dir()):
                 if _is_set(sub):
@@ -108,6 +114,7 @@ class FeatureStore:
             log.info("--force: deleting feature set %s to start it anew", key)
             self.delete(key)
         modality, name = key.split("/")
+        self._ensure_root()
         root = zarr.open_group(str(self.path), mode="a")
         group = root.require_group(modality).create_group(name)
         create_arrays(group, level, int(dim), dtype)

@@ -29,6 +29,8 @@ def import_csv_features(store: FeatureStore, key: str, path: str | os.PathLike[s
     duplicate names are an error before anything is written.
     """
     path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader)]

@@ -73,10 +73,10 @@ class ClipTable:
 def read_clip_table(path: str | os.PathLike[str]) -> ClipTable:
     """Read and validate a clip table (``name`` column, unique non-empty names)."""
     path = Path(path)
-    columns, rows = _read_csv(path)
+    columns, rows, lines = _read_csv(path)
     if "name" not in columns:
         raise TableError(f"{path}: a clip table needs a 'name' column (found: {', '.join(columns)})")
-    _check_names(path, rows)
+    _check_names(path, rows, lines)
     return ClipTable(path, columns, rows)
 
 
@@ -105,14 +105,14 @@ def read_labels(path: str | os.PathLike[str], classes: tuple[str, ...] | list[st
     name the file, the line and the clip.
     """
     path = Path(path)
-    columns, rows = _read_csv(path)
+    columns, rows, lines = _read_csv(path)
     for col in ("name", column):
         if col not in columns:
             raise TableError(f"{path}: a label file needs columns 'name' and {column!r} (found: {', '.join(columns)})")
-    _check_names(path, rows)
+    _check_names(path, rows, lines)
     labels: dict[str, str] = {}
     allowed = set(classes) if classes is not None else None
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows):
         label = row[column].strip()
         if not label:
             raise TableError(f"{path}:{line}: clip {row['name']!r} has an empty label")
@@ -138,32 +138,41 @@ def read_names(path: str | os.PathLike[str]) -> list[str]:
     """Clip names from a CSV with a ``name`` column, or from a text file with one name per line."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        _, rows = _read_csv(path)
-        if rows and "name" not in rows[0]:
-            raise TableError(f"{path}: no 'name' column")
+        columns, rows, _ = _read_csv(path)
+        if "name" not in columns:
+            raise TableError(f"{path}: no 'name' column (found: {', '.join(columns)})")
         return [r["name"] for r in rows]
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    if not path.is_file():
+        raise TableError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """Columns, rows, and the physical line each row starts on (quoted cells may span lines)."""
     if not path.is_file():
         raise TableError(f"{path}: file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = []
+            rows, lines = [], []
+            start = reader.line_num + 1
             for raw in reader:
                 row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
                 rows.append(row)
+                lines.append(start)
+                start = reader.line_num + 1
     except UnicodeDecodeError as exc:
         raise TableError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return columns, rows
+    return columns, rows, lines
 
 
-def _check_names(path: Path, rows: list[dict[str, str]]) -> None:
-    for line, row in enumerate(rows, start=2):
+def _check_names(path: Path, rows: list[dict[str, str]], lines: list[int]) -> None:
+    for line, row in zip(lines, rows):
         if not row.get("name"):
             raise TableError(f"{path}:{line}: empty clip name")
     dups = [n for n, c in Counter(r["name"] for r in rows).items() if c > 1]

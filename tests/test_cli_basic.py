@@ -235,8 +235,8 @@ def test_missing_files_give_one_line_error(case: str, tmp_path: Path) -> None:
                              "--only", missing / "names.txt"), "names.txt"),
         "import-only-csv": (("store", "import", "csv", AU_CSV, "--store", tmp_path / "s.zarr", "--set", "video/au",
                              "--only", missing / "labels.csv"), "labels.csv"),
-        "store-info": (("store", "info", missing / "s.zarr"), "not a mer feature store"),
-        "store-check": (("store", "check", missing / "s.zarr"), "not a mer feature store"),
+        "store-info": (("store", "info", missing / "s.zarr"), "does not exist"),
+        "store-check": (("store", "check", missing / "s.zarr"), "does not exist"),
     }[case]
     assert_one_line_error(mer(*args), fragment)
 
