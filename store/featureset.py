@@ -93,17 +93,20 @@ class FeatureSet:
         return self.path / PENDING_DIR
 
     # ---- ledger ---------------------------------------------------------------------------
+    def _raw_names(self) -> np.ndarray:
+        """The committed ``names`` array, superseded rows included as ``""``."""
+        return self.group()["names"][: self.meta()["n_rows"]]
+
     def names(self) -> list[str]:
         """Committed clip names in row order (superseded rows left out)."""
-        meta = self.meta()
-        raw = self.group()["names"][: meta["n_rows"]]
-        return [str(n) for n in raw if n != ""]
+        raw = self._raw_names()
+        return raw[raw != ""].tolist()
 
     def index(self) -> dict[str, int]:
         """Clip name -> row of the committed arrays."""
-        meta = self.meta()
-        raw = self.group()["names"][: meta["n_rows"]]
-        return {str(n): i for i, n in enumerate(raw) if n != ""}
+        raw = self._raw_names()
+        rows = np.flatnonzero(raw != "")
+        return dict(zip(raw[rows].tolist(), rows.tolist()))
 
     def pending_names(self) -> tuple[set[str], dict[str, str]]:
         """Done and failed names held in uncommitted segments."""
@@ -134,10 +137,11 @@ class FeatureSet:
 
     # ---- reading --------------------------------------------------------------------------
     def _rows_for(self, names: list[str] | None) -> tuple[list[str], np.ndarray]:
-        index = self.index()
         if names is None:
-            order = sorted(index.items(), key=lambda kv: kv[1])
-            return [k for k, _ in order], np.array([v for _, v in order], dtype=np.int64)
+            raw = self._raw_names()
+            rows = np.flatnonzero(raw != "")
+            return raw[rows].tolist(), rows
+        index = self.index()
         names = [str(n) for n in names]
         missing = [n for n in names if n not in index]
         if missing:
@@ -220,6 +224,8 @@ def _take_rows(values: zarr.Array, rows: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         return np.zeros((0, values.shape[1]), dtype=values.dtype)
     lo, hi = int(rows.min()), int(rows.max()) + 1
+    if hi - lo == len(rows) and np.array_equal(rows, np.arange(lo, hi)):
+        return values[lo:hi]  # the common whole-set read: no copy after decoding
     if hi - lo <= 4 * len(rows):
         block = values[lo:hi]
         return block[rows - lo]
