@@ -100,31 +100,32 @@ class FeatureStore:
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
         wanted = {"level": level, "dim": int(dim), "dtype": dtype, **provenance.identity()}
-        if key in self:
-            fs = FeatureSet(self.path, key)
-            if not force:
-                meta = fs.meta()
-                stored = {"level": meta["level"], "dim": meta["dim"], "dtype": meta["dtype"],
-                          **Provenance.from_dict(meta["provenance"]).identity()}
-                diff = identity_differences(stored, wanted)
-                if diff:
-                    raise ProvenanceMismatch(key, diff)
-                fs.consolidate()  # pick up segments a dead writer left behind
-                return fs
-            log.info("--force: deleting feature set %s to start it anew", key)
-            self.delete(key)
-        modality, name = key.split("/")
         self._ensure_root()
-        root = zarr.open_group(str(self.path), mode="a")
-        group = root.require_group(modality).create_group(name)
-        create_arrays(group, level, int(dim), dtype)
-        if level == "frame":
-            group["offsets"][0] = 0
-        group.attrs[ATTR] = {
-            "format": FORMAT_VERSION, "level": level, "dim": int(dim), "dtype": dtype,
-            "n_rows": 0, "n_frames": 0, "provenance": provenance.to_dict(), "failures": {},
-            "last_consolidation": [], "created": utc_now(), "updated": utc_now(),
-        }
+        with locked(self.path, what=f"store {self.path}"):  # two processes creating one set at once
+            if key in self:
+                fs = FeatureSet(self.path, key)
+                if not force:
+                    meta = fs.meta()
+                    stored = {"level": meta["level"], "dim": meta["dim"], "dtype": meta["dtype"],
+                              **Provenance.from_dict(meta["provenance"]).identity()}
+                    diff = identity_differences(stored, wanted)
+                    if diff:
+                        raise ProvenanceMismatch(key, diff)
+                    fs.consolidate()  # pick up segments a dead writer left behind
+                    return fs
+                log.info("--force: deleting feature set %s to start it anew", key)
+                self.delete(key)
+            modality, name = key.split("/")
+            root = zarr.open_group(str(self.path), mode="a")
+            group = root.require_group(modality).create_group(name)
+            create_arrays(group, level, int(dim), dtype)
+            if level == "frame":
+                group["offsets"][0] = 0
+            group.attrs[ATTR] = {
+                "format": FORMAT_VERSION, "level": level, "dim": int(dim), "dtype": dtype,
+                "n_rows": 0, "n_frames": 0, "provenance": provenance.to_dict(), "failures": {},
+                "last_consolidation": [], "created": utc_now(), "updated": utc_now(),
+            }
         return FeatureSet(self.path, key)
 
     def delete(self, key: str) -> None:

@@ -148,4 +148,10 @@ class FeatureSetWriter:
                  tb: TracebackType | None) -> None:
         # Buffered clips were validated one by one, so they are safe to keep even when the
         # block ends with an error or Ctrl-C.
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:  # keep the original error; this one is secondary
+            log.exception("%s: could not commit buffered clips while handling %s", self.fs.key, exc_type.__name__)
