@@ -78,6 +78,9 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
     else:
         lengths.update(values=(values.shape[0], f), times=(group["times"].shape[0], f),
                        offsets=(group["offsets"].shape[0], n + 1))
+    for key in meta.get("extras", []):
+        if f"clip_{key}" in group:
+            lengths[f"clip_{key}"] = (group[f"clip_{key}"].shape[0], n)
     for arr_name, (have, want) in lengths.items():
         if have > want:
             out.append(Problem(fs.key, f"{arr_name} has {have - want} uncommitted rows beyond the ledger "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from .layout import ATTR
+from .layout import ATTR, INDEX_CHUNK
 from .lock import locked
 from .provenance import utc_now
 from .segments import Segment, list_segments, read_segment, remove_pending_dir_if_empty, remove_stale_temporaries
@@ -89,9 +89,12 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
     level = meta["level"]
     dtype = np.dtype(meta["dtype"])
 
+    rows: dict[str, int] = {}
     if level == "utt":
         redo = [k for k in done if k in existing]
         new = [k for k in done if k not in existing]
+        rows.update((k, existing[k]) for k in redo)
+        rows.update((k, n + j) for j, k in enumerate(new))
         if redo:
             rows = np.array([existing[k] for k in redo])
             order = np.argsort(rows)
@@ -109,6 +112,7 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
         for row in redo_rows:  # blank the superseded rows; their frames stay but are unreachable
             names_arr[row] = ""
         meta["n_superseded"] = int(meta.get("n_superseded", 0)) + len(redo_rows)
+        rows.update((k, n + j) for j, k in enumerate(done))
         clips = [_frames(done[k]) for k in done]
         lengths = np.array([len(v) for v, _ in clips], dtype=np.int64)
         total = int(lengths.sum())
@@ -126,6 +130,7 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
         n += len(clips)
         f += total
 
+    _write_extras(group, meta, done, rows, n)
     now = utc_now()
     failures = dict(meta.get("failures", {}))
     for name, reason in failed.items():
@@ -138,10 +143,35 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
     return len(done)
 
 
+def _write_extras(group: zarr.Group, meta: dict[str, Any], done: dict[str, tuple[Segment, int]],
+                  rows: dict[str, int], n: int) -> None:
+    """Per-clip numbers (``clip_<key>`` arrays, NaN where not recorded), kept as long as ``names``."""
+    keys = set(meta.get("extras", []))
+    for seg, _ in done.values():
+        keys.update(seg.extras)
+    for key in sorted(keys):
+        name = f"clip_{key}"
+        if name not in group:
+            group.create_array(name, shape=(0,), chunks=(INDEX_CHUNK,), dtype="float32", fill_value=np.nan,
+                               dimension_names=("row",))
+        arr = group[name]
+        old = arr.shape[0]
+        col = np.full(n, np.nan, dtype=np.float32)
+        col[:old] = arr[:old]
+        for clip, (seg, i) in done.items():
+            col[rows[clip]] = seg.extras[key][i] if key in seg.extras else np.nan
+        arr.resize((n,))
+        arr[:] = col
+    meta["extras"] = sorted(keys)
+
+
 def _truncate(group: zarr.Group, meta: dict[str, Any], n: int, f: int) -> None:
     """Cut array tails written by a consolidation that died before its commit."""
     if group["names"].shape[0] != n:
         group["names"].resize((n,))
+    for key in meta.get("extras", []):
+        if f"clip_{key}" in group and group[f"clip_{key}"].shape[0] > n:
+            group[f"clip_{key}"].resize((n,))
     if meta["level"] == "utt":
         if group["values"].shape[0] != n:
             group["values"].resize((n, group["values"].shape[1]))

@@ -164,6 +164,15 @@ class FeatureSet:
         chunks = _take_ranges(values, offsets[rows], offsets[rows + 1])
         return [c.astype(dtype) if dtype else c for c in chunks]
 
+    def read_extra(self, key: str, names: list[str] | None = None) -> np.ndarray:
+        """Per-clip number ``key`` (e.g. ``faces``) aligned to ``names``; NaN where not recorded."""
+        names, rows = self._rows_for(names)
+        g = self.group()
+        if f"clip_{key}" not in g:
+            known = ", ".join(self.meta().get("extras", [])) or "none"
+            raise KeyError(f"feature set {self.key!r} records no per-clip {key!r} (recorded: {known})")
+        return g[f"clip_{key}"][:][rows]
+
     def read_times(self, names: list[str] | None = None) -> list[np.ndarray]:
         """Per-frame timestamps (seconds) of frame-level clips, aligned to ``names``."""
         if self.level != "frame":

@@ -30,6 +30,8 @@ class Segment:
         lengths: frame level only, frames per clip.
         times: frame level only, per-frame timestamps in seconds.
         failed: failed clip name -> reason.
+        extras: per-clip numbers aligned with ``names`` (e.g. ``faces``: frames with a face found;
+            ``truncated_tokens``), stored as ``clip_<key>`` arrays; NaN where not recorded.
         seg_id: file stem; sorts by creation time.
     """
 
@@ -38,6 +40,7 @@ class Segment:
     lengths: np.ndarray | None = None
     times: np.ndarray | None = None
     failed: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
     seg_id: str = ""
     _ends: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -73,6 +76,8 @@ def write_segment(pending: Path, seg: Segment) -> str:
         "failed_names": np.asarray(list(seg.failed), dtype=np.str_),
         "failed_reasons": np.asarray(list(seg.failed.values()), dtype=np.str_),
     }
+    for key, col in seg.extras.items():
+        arrays[f"extra__{key}"] = np.asarray(col, dtype=np.float32)
     if seg.lengths is not None:
         arrays["lengths"] = np.asarray(seg.lengths, dtype=np.int64)
         arrays["times"] = np.asarray(seg.times, dtype=np.float32)
@@ -91,8 +96,9 @@ def read_segment(path: Path) -> Segment:
         failed = dict(zip(z["failed_names"].tolist(), z["failed_reasons"].tolist()))
         lengths = z["lengths"] if "lengths" in z.files else None
         times = z["times"] if "times" in z.files else None
+        extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
         return Segment(names=z["names"].tolist(), values=z["values"], lengths=lengths, times=times,
-                       failed=failed, seg_id=path.stem)
+                       failed=failed, extras=extras, seg_id=path.stem)
 
 
 def read_segment_names(path: Path) -> tuple[list[str], list[str]]:

@@ -46,6 +46,7 @@ class FeatureSetWriter:
         self._names: list[str] = []
         self._values: list[np.ndarray] = []
         self._times: list[np.ndarray] = []
+        self._extras: list[dict[str, float]] = []
         self._failed: dict[str, str] = {}
         self._since: float | None = None
         self._commits = 0
@@ -54,8 +55,11 @@ class FeatureSetWriter:
         self.closed = False
 
     # ---- adding ---------------------------------------------------------------------------
-    def add(self, name: str, values: np.ndarray, times: np.ndarray | None = None) -> None:
+    def add(self, name: str, values: np.ndarray, times: np.ndarray | None = None,
+            extras: dict[str, float] | None = None) -> None:
         """Buffer one clip's vectors (``[D]`` utterance level, ``[T, D]`` frame level).
+
+        ``extras`` are per-clip numbers kept beside the vectors (e.g. ``{"faces": 7}``).
 
         Raises :class:`ClipValueError` naming the clip when the shape is wrong or a value is
         NaN/Inf; nothing is buffered then, so the caller can record the failure and go on.
@@ -68,6 +72,7 @@ class FeatureSetWriter:
             self._times.append(t)
         self._names.append(str(name))
         self._values.append(arr)
+        self._extras.append(dict(extras or {}))
         self._failed.pop(str(name), None)
         self._tick()
 
@@ -125,9 +130,11 @@ class FeatureSetWriter:
             lengths = np.array([len(v) for v in self._values], dtype=np.int64)
             times = np.concatenate(self._times) if self._times else np.zeros(0, np.float32)
             seg = Segment(names=self._names, values=values, lengths=lengths, times=times, failed=self._failed)
+        keys = sorted({k for e in self._extras for k in e})
+        seg.extras = {k: np.array([e.get(k, np.nan) for e in self._extras], dtype=np.float32) for k in keys}
         self.fs.write_segment(seg)
         self.n_written += len(self._names)
-        self._names, self._values, self._times, self._failed = [], [], [], {}
+        self._names, self._values, self._times, self._extras, self._failed = [], [], [], [], {}
         self._since = None
         self._commits += 1
         if self.consolidate_every and self._commits % self.consolidate_every == 0:

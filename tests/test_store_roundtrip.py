@@ -155,3 +155,20 @@ def test_redo_replaces_clip_once(store, prov):
     assert sorted(f.names()) == ["c0", "c1", "c2", "c3"]
     assert f.read(["c1"])[0].shape == (5, 2) and np.all(f.read(["c1"])[0] == 10)
     assert check_store(store) == []
+
+
+def test_per_clip_extras_round_trip(store, prov):
+    fs = store.create("video/faces", level="frame", dim=2, provenance=prov(), dtype="float32")
+    with fs.writer(flush_rows=2) as w:
+        w.add("a", np.ones((3, 2)), extras={"faces": 3})
+        w.add("b", np.ones((2, 2)), extras={"faces": 0})
+        w.add("c", np.ones((4, 2)))
+    with fs.writer() as w:
+        w.add("d", np.ones((1, 2)), extras={"faces": 1, "truncated": 5})
+        w.add("a", np.ones((5, 2)), extras={"faces": 5})  # redo: the new count replaces the old
+    np.testing.assert_array_equal(fs.read_extra("faces", ["a", "b", "c", "d"]), [5, 0, np.nan, 1])
+    np.testing.assert_array_equal(fs.read_extra("truncated", ["a", "d"]), [np.nan, 5])
+    assert sorted(fs.meta()["extras"]) == ["faces", "truncated"]
+    with pytest.raises(KeyError, match="records no per-clip 'speed'"):
+        fs.read_extra("speed")
+    assert check_store(store) == []

@@ -1,0 +1,188 @@
+"""The extractor contract, the decoded inputs it receives, and the registry.
+
+An extractor is a pure function of decoded inputs: ``list of decoded items -> list of Features``.
+It never opens media files, never writes the store and never knows about dask. Its config
+dataclass is its provenance. Adding a model touches one module: subclass :class:`Extractor`, give
+it a :class:`ExtractorConfig` subclass with commented fields, decorate it with
+:func:`register_extractor`, and import the module in ``extractors/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("video", "audio", "text")
+
+
+# ---- decoded inputs (produced by mer.pipeline's decoders) ---------------------------------
+@dataclass
+class AudioClip:
+    """Decoded speech: mono float32 samples in [-1, 1] at ``sample_rate`` Hz."""
+
+    name: str
+    samples: np.ndarray
+    sample_rate: int = 16000
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds."""
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass
+class VideoClip:
+    """Decoded frames ``[T, H, W, 3]`` uint8 RGB with their timestamps (seconds from clip start).
+
+    ``faces`` counts frames where a face was found and cropped (``None`` when face crop was off).
+    """
+
+    name: str
+    frames: np.ndarray
+    times: np.ndarray
+    faces: int | None = None
+
+
+@dataclass
+class TextClip:
+    """One subtitle."""
+
+    name: str
+    text: str
+
+
+@dataclass
+class Features:
+    """What an extractor returns per clip: ``[D]`` (utterance) or ``[T, D]`` plus frame times."""
+
+    values: np.ndarray
+    times: np.ndarray | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. {"truncated_tokens": 12}
+
+
+# ---- configs --------------------------------------------------------------------------------
+@dataclass
+class ExtractorConfig:
+    """Fields every extractor has; subclasses add their own, each with a comment."""
+
+    model: str = ""  # Hugging Face hub id, open_clip name, or a local directory / weights file
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1"
+    dtype: str = "float32"  # compute dtype: float32, float16 or bfloat16 (half types on GPU)
+    level: str = "utt"  # "utt" (one vector per clip) or "frame" (one per frame / token / window)
+    batch_size: int = 8  # clips per forward pass
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """Fields that change the vectors (not device or batch size): recorded as provenance."""
+        d = self.to_dict()
+        for k in ("device", "batch_size"):
+            d.pop(k, None)
+        return d
+
+
+# ---- the base class -------------------------------------------------------------------------
+class Extractor(ABC):
+    """Base class of every feature extractor.
+
+    Class attributes set by subclasses: ``name`` (set by :func:`register_extractor`), ``modality``,
+    ``config_class`` and ``levels`` (the output levels it supports).
+    """
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = ""
+    config_class: ClassVar[type[ExtractorConfig]] = ExtractorConfig
+    levels: ClassVar[tuple[str, ...]] = ("utt",)
+
+    def __init__(self, config: ExtractorConfig) -> None:
+        if config.level not in self.levels:
+            raise ValueError(f"extractor {self.name!r} supports levels {self.levels}, not {config.level!r}")
+        self.config = config
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Output feature dimension D."""
+
+    @abstractmethod
+    def extract(self, items: list[Any]) -> list[Features]:
+        """Features for each decoded item, in order. Raise only for errors that doom the batch;
+        a problem with one item should be raised as :class:`ItemError` naming it."""
+
+    def weights_path(self) -> Path | None:
+        """Local file or folder holding the weights (hashed into provenance), if any."""
+        p = Path(self.config.model)
+        return p if self.config.model and p.exists() else None
+
+    def decode_settings(self) -> dict[str, Any]:
+        """Decode settings this extractor needs (e.g. ``{"sample_rate": 16000}``)."""
+        return {}
+
+
+class ItemError(ValueError):
+    """One input item cannot be processed (empty audio, empty text...): the stage records it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"clip {name!r}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+# ---- registry -------------------------------------------------------------------------------
+REGISTRY: dict[str, type[Extractor]] = {}
+
+
+def register_extractor(name: str) -> Callable[[type[Extractor]], type[Extractor]]:
+    """Class decorator: make an extractor available under ``name`` (CLI ``--extractor name``)."""
+
+    def wrap(cls: type[Extractor]) -> type[Extractor]:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"extractor name {name!r} is already registered by {REGISTRY[name].__qualname__}")
+        if cls.modality not in MODALITIES:
+            raise ValueError(f"extractor {name!r} has modality {cls.modality!r}, expected one of {MODALITIES}")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_extractor(name: str) -> type[Extractor]:
+    """The registered class called ``name``; a clear error lists the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown extractor {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+
+
+def extractor_names(modality: str | None = None) -> list[str]:
+    """Registered names, optionally only those of one modality."""
+    return sorted(k for k, v in REGISTRY.items() if modality is None or v.modality == modality)
+
+
+def torch_dtype(name: str):  # -> torch.dtype
+    """``"bfloat16"`` -> ``torch.bfloat16`` (imports torch lazily)."""
+    import torch
+
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of float32, float16, bfloat16; got {name!r}")
+    return table[name]
+
+
+def masked_mean(hidden, mask):  # torch tensors [B, T, D], [B, T] -> [B, D]
+    """Mean over the positions where ``mask`` is 1."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
