@@ -11,7 +11,8 @@ import typer
 
 from .cli_clips import app as clips_app
 from .cli_store import app as store_app
-from .cli_todo import extract_app, fuse_app
+from .cli_extract import app as extract_app
+from .cli_todo import fuse_app
 from .logs import setup_logging
 
 app = typer.Typer(

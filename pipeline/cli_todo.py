@@ -1,4 +1,4 @@
-"""Command groups whose issues have not landed yet: they say so and exit with code 2."""
+"""Fusion commands, until the fusion issue lands: they say so and exit with code 2."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import typer
 
-extract_app = typer.Typer(no_args_is_help=True)
 fuse_app = typer.Typer(no_args_is_help=True)
 _LOOSE = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -18,10 +17,6 @@ def _todo(what: str) -> Callable[[typer.Context], None]:
 
     return command
 
-
-for _name in ("video", "audio", "text"):
-    extract_app.command(_name, help=f"Extract {_name} features (not yet implemented).",
-                        context_settings=_LOOSE)(_todo(f"extract {_name}"))
 
 for _name in ("train", "predict", "eval", "compare", "selftrain", "vote"):
     fuse_app.command(_name, help=f"Fusion: {_name} (not yet implemented).",

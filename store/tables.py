@@ -36,6 +36,7 @@ class ClipTable:
     path: Path | None
     columns: list[str]
     rows: list[dict[str, str]] = field(default_factory=list)
+    _columns_cache: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def names(self) -> list[str]:
@@ -49,7 +50,9 @@ class ClipTable:
         """``name -> value`` of one column; a clear error when the column does not exist."""
         if column not in self.columns:
             raise TableError(f"{self.path}: no column {column!r} (columns: {', '.join(self.columns)})")
-        return {r["name"]: r[column] for r in self.rows}
+        if column not in self._columns_cache:
+            self._columns_cache[column] = {r["name"]: r[column] for r in self.rows}
+        return self._columns_cache[column]
 
     def media_path(self, name: str, column: str) -> Path | None:
         """Absolute path of a clip's ``video``/``audio`` file, or ``None`` when the cell is empty."""

@@ -74,8 +74,7 @@ def test_no_args_shows_help() -> None:
     assert "Usage: mer" in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("args", [("extract", "video", "x.csv"), ("extract", "audio", "--model", "w", "a.csv"),
-                                  ("fuse", "train")])
+@pytest.mark.parametrize("args", [("fuse", "train"), ("fuse", "predict", "--run", "r")])
 def test_unimplemented_commands_exit_2(args: tuple[str, ...]) -> None:
     res = mer(*args)
     assert res.returncode == 2

@@ -1,0 +1,25 @@
+"""Printing a stage's outcome: a summary table and the failed clips."""
+
+from __future__ import annotations
+
+import sys
+
+from .stage import StageReport
+
+
+def print_report(report: StageReport, max_failures: int = 20) -> None:
+    """Summary table (done, skipped, failed, rate) and the first failures with their reasons."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    table = Table(title=f"mer extract: {report.key}")
+    for col in ("clips", "done", "skipped", "failed", "seconds", "clips/s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(report.total), str(report.done), str(report.skipped), str(len(report.failed)),
+                  f"{report.seconds:.1f}", f"{report.clips_per_s:.2f}")
+    console.print(table)
+    for name, reason in list(report.failed.items())[:max_failures]:
+        console.print(f"[red]failed[/] clip {name}: {reason}")
+    if len(report.failed) > max_failures:
+        console.print(f"... and {len(report.failed) - max_failures} more (see `mer store info`)")

@@ -1,0 +1,275 @@
+"""A stage: clip table x decoder x extractor x store writer, run over the clips not yet done.
+
+Decoding runs ahead of the model in a thread pool with a bounded number of clips in flight, so
+the model never waits when decoding is faster, and memory is bounded by ``prefetch``, not by the
+number of clips. One bad clip (missing or corrupt file, no audio track, empty subtitle, NaN
+output) is recorded in the ledger with its reason and the run goes on; the stage's report
+counts it and the CLI exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mer.extractors.base import Extractor, ExtractorConfig, Features, ItemError, get_extractor
+from mer.store import ClipValueError, FeatureSet, FeatureStore, Provenance, ProvenanceMismatch, hash_path
+from mer.store.tables import ClipTable, TableError, read_clip_table, read_names
+
+from .decode_errors import DecodeError
+from .inputs import DecodeSettings, load_item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSpec:
+    """Everything a stage needs; plain data, so a dask worker can rebuild the stage from it.
+
+    Attributes:
+        modality: ``video``, ``audio`` or ``text``.
+        clips: the clip table CSV.
+        store: the feature store directory.
+        extractor: registered extractor name.
+        config: fields of the extractor's config dataclass (model, device, dtype, level, ...).
+        key: feature set key ``<modality>/<name>``; default derived from extractor, model and level.
+        store_dtype: dtype of the stored vectors (``float16`` or ``float32``).
+        decode: decode settings (recorded as provenance).
+        prefetch: decoded clips in flight ahead of the model (0: four batches).
+        decode_threads: threads decoding media.
+        flush_rows: clips per committed segment (at most this much work is lost on a kill).
+        flush_seconds: also commit when the oldest buffered clip is this old.
+    """
+
+    modality: str
+    clips: Path
+    store: Path
+    extractor: str
+    config: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    store_dtype: str = "float16"
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    prefetch: int = 0
+    decode_threads: int = 2
+    flush_rows: int = 256
+    flush_seconds: float = 30.0
+
+    def build_config(self) -> ExtractorConfig:
+        """The extractor's config dataclass filled from :attr:`config` (unknown fields are an error)."""
+        cls = get_extractor(self.extractor)
+        if cls.modality != self.modality:
+            raise ValueError(f"extractor {self.extractor!r} is for {cls.modality}, not {self.modality}")
+        fields = cls.config_class.__dataclass_fields__
+        unknown = sorted(set(self.config) - set(fields))
+        if unknown:
+            raise ValueError(f"extractor {self.extractor!r} has no option(s) {', '.join(unknown)}; "
+                             f"options: {', '.join(fields)}")
+        return cls.config_class(**self.config)
+
+    def set_key(self, cfg: ExtractorConfig) -> str:
+        """:attr:`key`, or ``<modality>/<extractor>-<model name>-<level>``."""
+        if self.key:
+            return self.key if "/" in self.key else f"{self.modality}/{self.key}"
+        model = Path(cfg.model.rstrip("/")).name or "model"
+        name = re.sub(r"[^A-Za-z0-9._+-]+", "-", f"{self.extractor}-{model}-{cfg.level}").strip("-")
+        return f"{self.modality}/{name}"
+
+
+@dataclass
+class StageReport:
+    """Outcome of a stage run."""
+
+    key: str
+    total: int = 0  # clips selected
+    done: int = 0  # extracted and written in this run
+    skipped: int = 0  # already done before this run
+    failed: dict[str, str] = field(default_factory=dict)  # clip -> reason, this run
+    seconds: float = 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        """Extraction rate of this run."""
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def build_extractor(spec: StageSpec) -> Extractor:
+    """Instantiate (load) the stage's extractor."""
+    cfg = spec.build_config()
+    return get_extractor(spec.extractor)(cfg)
+
+
+def provenance_of(spec: StageSpec, extractor: Extractor) -> Provenance:
+    """Provenance of the vectors this stage writes."""
+    weights = extractor.weights_path()
+    decode = {**spec.decode.record(spec.modality), **extractor.decode_settings()}
+    return Provenance(extractor=spec.extractor, config=extractor.config.identity(), model=extractor.config.model,
+                      weights_hash=hash_path(weights) if weights is not None else None, decode=decode)
+
+
+def open_set(spec: StageSpec, extractor: Extractor, *, force: bool) -> FeatureSet:
+    """Create or reopen the stage's feature set; a different provenance is refused unless ``force``."""
+    store = FeatureStore(spec.store)
+    kwargs = dict(level=extractor.config.level, dim=extractor.dim, provenance=provenance_of(spec, extractor),
+                  dtype=spec.store_dtype)
+    key = spec.set_key(extractor.config)
+    try:
+        return store.create(key, **kwargs)
+    except ProvenanceMismatch:
+        if not force:
+            raise
+        log.warning("--force: %s had another provenance; starting it anew", key)
+        return store.create(key, force=True, **kwargs)
+
+
+def select_names(table: ClipTable, only: Path | list[str] | None, limit: int | None) -> list[str]:
+    """Clip names of the table, restricted to ``only`` (file or list) and the first ``limit``."""
+    names = table.names
+    if only is not None:
+        wanted = read_names(only) if isinstance(only, Path) else list(only)
+        known = set(names)
+        missing = [n for n in wanted if n not in known]
+        if missing:
+            raise TableError(f"{len(missing)} clips of --only are not in {table.path}: {', '.join(missing[:20])}")
+        names = wanted
+    return names[:limit] if limit is not None else names
+
+
+def decoded(spec: StageSpec, table: ClipTable, names: list[str], pool: ThreadPoolExecutor,
+            prefetch: int) -> Iterator[tuple[str, Any, str | None]]:
+    """``(name, item, None)`` or ``(name, None, reason)`` in order, decoding up to ``prefetch`` ahead."""
+    pending: deque[tuple[str, Future[Any]]] = deque()
+    todo = iter(names)
+
+    def submit() -> None:
+        name = next(todo, None)
+        if name is not None:
+            pending.append((name, pool.submit(load_item, spec.modality, table, name, spec.decode)))
+
+    for _ in range(max(1, prefetch)):
+        submit()
+    while pending:
+        name, fut = pending.popleft()
+        submit()
+        try:
+            yield name, fut.result(), None
+        except DecodeError as exc:
+            yield name, None, exc.problem
+
+
+def extract_isolated(extractor: Extractor, items: list[Any]) -> list[tuple[Any, Features | None, str | None]]:
+    """Run a batch; when it fails, find the clip(s) responsible instead of losing the batch."""
+    try:
+        feats = extractor.extract(items)
+        return [(it, f, None) for it, f in zip(items, feats, strict=True)]
+    except ItemError as exc:
+        bad = [it for it in items if it.name == exc.name]
+        rest = [it for it in items if it.name != exc.name]
+        if not bad:  # an ItemError naming no item of the batch: treat as a batch failure
+            return _one_by_one(extractor, items, exc)
+        return [(it, None, exc.problem) for it in bad] + (extract_isolated(extractor, rest) if rest else [])
+    except Exception as exc:  # noqa: BLE001 - a model error must not kill the run; isolate the culprit
+        return _one_by_one(extractor, items, exc)
+
+
+def _one_by_one(extractor: Extractor, items: list[Any], exc: BaseException) -> list[tuple[Any, Features | None, str | None]]:
+    if len(items) == 1:
+        log.debug("clip %s failed", items[0].name, exc_info=exc)
+        return [(items[0], None, f"{type(exc).__name__}: {exc}")]
+    out = []
+    for it in items:
+        out.extend(extract_isolated(extractor, [it]))
+    return out
+
+
+def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: ClipTable, names: list[str],
+              report: StageReport, *, consolidate: bool = True, on_clip: Any = None) -> None:
+    """Decode, extract and write ``names`` into ``fs``; failures go to the ledger and ``report``."""
+    bs = max(1, extractor.config.batch_size)
+    prefetch = spec.prefetch or 4 * bs
+    writer = fs.writer(flush_rows=spec.flush_rows, flush_seconds=spec.flush_seconds,
+                       consolidate_every=32 if consolidate else 0)
+
+    def fail(name: str, reason: str) -> None:
+        writer.fail(name, reason)
+        report.failed[name] = reason
+
+    def flush_batch(batch: list[Any]) -> None:
+        for item, feats, problem in extract_isolated(extractor, batch):
+            if feats is None:
+                fail(item.name, problem or "unknown error")
+            else:
+                try:
+                    extras = {k: float(v) for k, v in feats.notes.items() if isinstance(v, (int, float))}
+                    if getattr(item, "faces", None) is not None:
+                        extras["faces"] = float(item.faces)
+                    writer.add(item.name, feats.values, times=feats.times, extras=extras)
+                    report.done += 1
+                except ClipValueError as exc:
+                    fail(item.name, exc.problem)
+            if on_clip:
+                on_clip()
+
+    with ThreadPoolExecutor(max_workers=max(1, spec.decode_threads), thread_name_prefix="decode") as pool:
+        try:
+            batch: list[Any] = []
+            for name, item, problem in decoded(spec, table, names, pool, prefetch):
+                if item is None:
+                    fail(name, problem or "decode failed")
+                    if on_clip:
+                        on_clip()
+                    continue
+                batch.append(item)
+                if len(batch) >= bs:
+                    flush_batch(batch)
+                    batch = []
+            if batch:
+                flush_batch(batch)
+        finally:
+            writer.flush()
+            if consolidate:
+                writer.close()
+
+
+def run_stage(spec: StageSpec, *, only: Path | list[str] | None = None, limit: int | None = None,
+              force: bool = False, workers: int = 0, scheduler: str | None = None,
+              progress: bool = True) -> StageReport:
+    """Run a stage over the clip table: skip done clips (all selected ones with ``force``)."""
+    table = read_clip_table(spec.clips)
+    names = select_names(table, only, limit)
+    extractor = build_extractor(spec)
+    fs = open_set(spec, extractor, force=force)
+    done = set() if force else fs.done_names()
+    todo = [n for n in names if n not in done]
+    report = StageReport(key=fs.key, total=len(names), skipped=len(names) - len(todo))
+    log.info("%s: %d clips, %d already done, %d to extract", fs.key, len(names), report.skipped, len(todo))
+    t0 = time.perf_counter()
+    if workers or scheduler:
+        from .distributed import run_distributed
+
+        del extractor  # each worker loads its own
+        run_distributed(spec, fs, todo, report, workers=workers, scheduler=scheduler, progress=progress)
+    elif progress and todo:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]} clips/s"), TimeRemainingColumn()]
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task(fs.key, total=len(todo), rate="-")
+
+            def tick() -> None:
+                bar.advance(task)
+                elapsed = time.perf_counter() - t0
+                bar.update(task, rate=f"{bar.tasks[task].completed / elapsed:.1f}" if elapsed > 0 else "-")
+
+            run_names(spec, extractor, fs, table, todo, report, on_clip=tick)
+    else:
+        run_names(spec, extractor, fs, table, todo, report)
+    report.seconds = time.perf_counter() - t0
+    return report
