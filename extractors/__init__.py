@@ -4,7 +4,7 @@ Importing this package registers every built-in extractor; none of the modules i
 transformers or CTranslate2 until an extractor is instantiated.
 """
 
-from . import clip_image, hf_speech, hf_text, sentence, whisper_ct2  # noqa: F401  (registration side effects)
+from . import clip_image, hf_speech, hf_text, sentence, table, whisper_ct2  # noqa: F401  (registration side effects)
 from .base import (
     REGISTRY,
     AudioClip,

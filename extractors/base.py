@@ -22,6 +22,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MODALITIES = ("video", "audio", "text")
+ANY = "any"  # modality of extractors that serve every stage (precomputed tables)
 
 
 # ---- decoded inputs (produced by mer.pipeline's decoders) ---------------------------------
@@ -58,6 +59,13 @@ class TextClip:
 
     name: str
     text: str
+
+
+@dataclass
+class ClipRef:
+    """Just the clip's name: the input of extractors that decode nothing (``decodes = False``)."""
+
+    name: str
 
 
 @dataclass
@@ -104,6 +112,7 @@ class Extractor(ABC):
     modality: ClassVar[str] = ""
     config_class: ClassVar[type[ExtractorConfig]] = ExtractorConfig
     levels: ClassVar[tuple[str, ...]] = ("utt",)
+    decodes: ClassVar[bool] = True  # False: the stage passes ClipRef items and decodes no media
 
     def __init__(self, config: ExtractorConfig) -> None:
         if config.level not in self.levels:
@@ -149,7 +158,7 @@ def register_extractor(name: str) -> Callable[[type[Extractor]], type[Extractor]
     def wrap(cls: type[Extractor]) -> type[Extractor]:
         if name in REGISTRY and REGISTRY[name] is not cls:
             raise ValueError(f"extractor name {name!r} is already registered by {REGISTRY[name].__qualname__}")
-        if cls.modality not in MODALITIES:
+        if cls.modality not in (*MODALITIES, ANY):
             raise ValueError(f"extractor {name!r} has modality {cls.modality!r}, expected one of {MODALITIES}")
         cls.name = name
         REGISTRY[name] = cls
@@ -168,7 +177,7 @@ def get_extractor(name: str) -> type[Extractor]:
 
 def extractor_names(modality: str | None = None) -> list[str]:
     """Registered names, optionally only those of one modality."""
-    return sorted(k for k, v in REGISTRY.items() if modality is None or v.modality == modality)
+    return sorted(k for k, v in REGISTRY.items() if modality is None or v.modality in (modality, ANY))
 
 
 def torch_dtype(name: str):  # -> torch.dtype

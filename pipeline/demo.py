@@ -1,8 +1,9 @@
 """The end-to-end demo on the bundled RAVDESS sample (``mer demo`` / ``make demo``).
 
-Current steps: build the clip table and labels, import the real OpenFace action units as the
-visual feature set, check the store and print its summary. Later stages (extraction, fusion)
-extend this function as they land.
+Steps: build the clip table and labels; fill a feature store through the same extraction stages
+users run — real OpenFace action units (``table``), real pretrained Whisper-base speech features
+(``whisper-ct2``) and MiniLM subtitle features (``sentence``); check the store and print its
+summary. Later stages (fusion) extend this function as they land.
 """
 
 from __future__ import annotations
@@ -20,17 +21,34 @@ def default_data() -> Path:
     return Path(mer.__file__).resolve().parent / "examples" / "ravdess"
 
 
-def run_demo(out: Path, data: Path | None = None) -> int:
+def demo_stages(data: Path, clips_csv: Path, store: Path, whisper_seconds: float) -> list:
+    """The three extraction stages of the demo, as :class:`StageSpec` objects."""
+    from .inputs import DecodeSettings
+    from .stage import StageSpec
+
+    common = dict(clips=clips_csv, store=store)
+    return [
+        StageSpec(modality="video", extractor="table", key="video/openface-au", store_dtype="float32",
+                  config={"model": str(data / "openface_au.csv")}, **common),
+        StageSpec(modality="audio", extractor="whisper-ct2", key="audio/whisper-base",
+                  config={"model": "whisper-base", "input_seconds": whisper_seconds, "batch_size": 4}, **common),
+        StageSpec(modality="text", extractor="sentence", key="text/minilm",
+                  config={"model": "all-MiniLM-L6-v2"}, decode=DecodeSettings(text_column="text"), **common),
+    ]
+
+
+def run_demo(out: Path, data: Path | None = None, whisper_seconds: float = 0.0) -> int:
     """Run the demo into ``out``; returns the process exit code (0 when every step succeeded)."""
     from rich.console import Console
 
     from mer.store import FeatureStore
     from mer.store.check import check_store
-    from mer.store.io_csv import import_csv_features
     from mer.store.tables import read_labels, write_clip_table
 
     from .cli_store import print_info
     from .clips import labels_from_table, scan_dataset
+    from .report import print_report
+    from .stage import run_stage
 
     console = Console()
     data = Path(data) if data else default_data()
@@ -48,15 +66,17 @@ def run_demo(out: Path, data: Path | None = None) -> int:
     console.print(f"{len(table)} clips, {len(set(labels.values()))} emotions, {len(speakers)} speakers -> "
                   f"{clips_csv}, {labels_csv}")
 
-    console.rule("2. visual features: OpenFace action units -> store")
-    store = FeatureStore(out / "features.zarr")
-    report = import_csv_features(store, "video/openface-au", data / "openface_au.csv", names=table.names)
-    console.print(f"video/openface-au: {report.written} written, {report.skipped} already done, "
-                  f"{len(report.failed)} failed")
+    failed = 0
+    for i, spec in enumerate(demo_stages(data, clips_csv, out / "features.zarr", whisper_seconds), start=2):
+        console.rule(f"{i}. mer extract {spec.modality} --extractor {spec.extractor} -> {spec.key}")
+        report = run_stage(spec)
+        print_report(report)
+        failed += len(report.failed)
 
-    console.rule("3. store")
+    console.rule("5. store")
+    store = FeatureStore(out / "features.zarr")
     problems = check_store(store)
     for p in problems:
         console.print(f"[red]{p}[/]")
     print_info(store.path)
-    return 1 if (problems or report.failed) else 0
+    return 1 if (problems or failed) else 0

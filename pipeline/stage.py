@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mer.extractors.base import Extractor, ExtractorConfig, Features, ItemError, get_extractor
+from mer.extractors.base import ClipRef, Extractor, ExtractorConfig, Features, ItemError, get_extractor
 from mer.store import ClipValueError, FeatureSet, FeatureStore, Provenance, ProvenanceMismatch, hash_path
 from mer.store.tables import ClipTable, TableError, read_clip_table, read_names
 
@@ -64,7 +64,7 @@ class StageSpec:
     def build_config(self) -> ExtractorConfig:
         """The extractor's config dataclass filled from :attr:`config` (unknown fields are an error)."""
         cls = get_extractor(self.extractor)
-        if cls.modality != self.modality:
+        if cls.modality not in (self.modality, "any"):
             raise ValueError(f"extractor {self.extractor!r} is for {cls.modality}, not {self.modality}")
         fields = cls.config_class.__dataclass_fields__
         unknown = sorted(set(self.config) - set(fields))
@@ -219,7 +219,9 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
     with ThreadPoolExecutor(max_workers=max(1, spec.decode_threads), thread_name_prefix="decode") as pool:
         try:
             batch: list[Any] = []
-            for name, item, problem in decoded(spec, table, names, pool, prefetch):
+            stream = (decoded(spec, table, names, pool, prefetch) if extractor.decodes
+                      else ((n, ClipRef(n), None) for n in names))
+            for name, item, problem in stream:
                 if item is None:
                     fail(name, problem or "decode failed")
                     if on_clip:

@@ -254,7 +254,7 @@ def test_demo(tmp_path: Path) -> None:
     res = mer("demo", "--out", out)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "360 clips, 8 emotions, 12 speakers" in res.stdout
-    assert "video/openface-au: 360 written, 0 already done, 0 failed" in res.stdout
+    assert res.stdout.count("│   360 │  360 │       0 │      0 │") == 3  # three stages, all clips done
     assert (out / "clips.csv").is_file() and (out / "labels.csv").is_file() and (out / "features.zarr").is_dir()
 
     table = read_clip_table(out / "clips.csv")
@@ -264,16 +264,19 @@ def test_demo(tmp_path: Path) -> None:
     assert len(labels) == 360 and len(set(labels.values())) == 8
 
     store = FeatureStore(out / "features.zarr", mode="r")
-    assert store.sets() == ["video/openface-au"]
+    assert store.sets() == ["audio/whisper-base", "text/minilm", "video/openface-au"]
     fs = store["video/openface-au"]
     assert fs.level == "utt" and fs.dim == 35
     assert len(fs.names()) == 360
     assert sorted(fs.names()) == sorted(table.names)
     assert fs.read().shape == (360, 35)
+    assert store["audio/whisper-base"].read().shape == (360, 512)
+    assert store["text/minilm"].read().shape == (360, 384)
+    assert store["audio/whisper-base"].provenance.weights_hash.startswith("sha256:")
 
     again = mer("demo", "--out", out)  # rerunning resumes instead of redoing
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "video/openface-au: 0 written, 360 already done, 0 failed" in again.stdout
+    assert again.stdout.count("│   360 │    0 │     360 │      0 │") == 3
 
 
 def test_demo_without_data(tmp_path: Path) -> None:
