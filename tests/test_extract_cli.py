@@ -127,3 +127,26 @@ def test_distributed_equals_single_process(tmp_path, clips):
     np.testing.assert_allclose(a.read(names, dtype="float32"), b.read(names, dtype="float32"), atol=1e-3)
     assert check_store(FeatureStore(multi)) == []
     assert not (FeatureStore(multi)[TEXT_SET].pending_dir).exists()
+
+
+def test_table_extractor_through_stage(tmp_path, clips):
+    au = tmp_path / "au.csv"
+    lines = (SAMPLE / "openface_au.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    broken = rows[5].split(",")
+    broken[3] = "n/a"
+    au.write_text("\n".join([header, *rows[:5], ",".join(broken), *rows[6:300]]) + "\n")  # 60 clips missing
+    store = tmp_path / "s.zarr"
+    res = mer("extract", "video", clips, "--store", store, "-e", "table", "-m", au, "--set", "au",
+              "--store-dtype", "float32")
+    assert res.returncode == 1
+    fs = FeatureStore(store)["video/au"]
+    assert len(fs.names()) == 299 and fs.dim == 35
+    failures = fs.failures()
+    assert len(failures) == 61
+    bad_name = broken[0]
+    assert "non-numeric or missing value in column 'AU04_r'" in failures[bad_name]
+    assert sum("not in feature table au.csv" in r for r in failures.values()) == 60
+    first = rows[0].split(",")
+    np.testing.assert_array_equal(fs.read([first[0]])[0], np.array(first[1:], dtype=np.float32))
+    assert fs.provenance.extractor == "table" and fs.provenance.weights_hash.startswith("sha256:")
