@@ -45,7 +45,7 @@ class StageSpec:
         prefetch: decoded clips in flight ahead of the model (0: four batches).
         decode_threads: threads decoding media.
         flush_rows: clips per committed segment (at most this much work is lost on a kill).
-        flush_seconds: also commit when the oldest buffered clip is this old.
+        flush_seconds: also commit when the oldest buffered clip is this old (bounds the work a kill loses).
     """
 
     modality: str
@@ -59,7 +59,7 @@ class StageSpec:
     prefetch: int = 0
     decode_threads: int = 2
     flush_rows: int = 256
-    flush_seconds: float = 30.0
+    flush_seconds: float = 5.0
 
     def build_config(self) -> ExtractorConfig:
         """The extractor's config dataclass filled from :attr:`config` (unknown fields are an error)."""

@@ -150,3 +150,33 @@ def test_table_extractor_through_stage(tmp_path, clips):
     first = rows[0].split(",")
     np.testing.assert_array_equal(fs.read([first[0]])[0], np.array(first[1:], dtype=np.float32))
     assert fs.provenance.extractor == "table" and fs.provenance.weights_hash.startswith("sha256:")
+
+
+def test_sigkill_mid_extract_then_rerun(tmp_path, clips):
+    import os
+    import signal
+    import time
+
+    ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
+    assert mer("extract", "text", clips, "--store", ref).returncode == 0
+    cmd = [*mer_cli(), "extract", "text", str(clips), "--store", str(killed), "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (killed / TEXT_SET).exists():
+            done = len(FeatureStore(killed)[TEXT_SET].done_names())
+            if done:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "extraction finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < done < 360
+    res = mer("extract", "text", clips, "--store", killed)
+    assert res.returncode == 0
+    a, b = FeatureStore(ref)[TEXT_SET], FeatureStore(killed)[TEXT_SET]
+    names = a.names()
+    assert sorted(b.names()) == sorted(names) and len(set(b.names())) == 360
+    np.testing.assert_allclose(a.read(names, dtype="float32"), b.read(names, dtype="float32"), atol=1e-3)
+    assert check_store(FeatureStore(killed)) == []
