@@ -148,6 +148,10 @@ class ItemError(ValueError):
         self.problem = problem
 
 
+class ModelLoadError(RuntimeError):
+    """An extractor's model could not be loaded (wrong id or path, missing files, bad option)."""
+
+
 # ---- registry -------------------------------------------------------------------------------
 REGISTRY: dict[str, type[Extractor]] = {}
 

@@ -48,12 +48,13 @@ def demo(
 
 def main() -> None:
     """Console-script entry point: expected errors print one clear line and exit 1."""
+    from mer.extractors.base import ModelLoadError
     from mer.store.errors import StoreError
     from mer.store.tables import TableError
 
     try:
         app()
-    except (StoreError, TableError, FileNotFoundError, NotADirectoryError) as exc:
+    except (StoreError, TableError, ModelLoadError, OSError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise SystemExit(1) from None
 

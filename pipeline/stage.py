@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mer.extractors.base import ClipRef, Extractor, ExtractorConfig, Features, ItemError, get_extractor
+from mer.extractors.base import (
+    ClipRef,
+    Extractor,
+    ExtractorConfig,
+    Features,
+    ItemError,
+    ModelLoadError,
+    get_extractor,
+)
 from mer.store import ClipValueError, FeatureSet, FeatureStore, Provenance, ProvenanceMismatch, hash_path
 from mer.store.tables import ClipTable, TableError, read_clip_table, read_names
 
@@ -100,9 +108,13 @@ class StageReport:
 
 
 def build_extractor(spec: StageSpec) -> Extractor:
-    """Instantiate (load) the stage's extractor."""
+    """Instantiate (load) the stage's extractor; any failure becomes one clear :class:`ModelLoadError`."""
     cfg = spec.build_config()
-    return get_extractor(spec.extractor)(cfg)
+    try:
+        return get_extractor(spec.extractor)(cfg)
+    except Exception as exc:  # noqa: BLE001 - loaders raise anything (OSError, HF errors, ValueError...)
+        raise ModelLoadError(f"cannot load extractor {spec.extractor!r} with model {cfg.model!r}: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 def provenance_of(spec: StageSpec, extractor: Extractor) -> Provenance:
