@@ -1,0 +1,144 @@
+"""``mer fuse train``: k-fold cross-validation of a fusion model on stored features.
+
+The run directory holds ``config.json`` (everything needed to rebuild the models and check a
+store at prediction time), ``fold<k>.pt`` checkpoints, ``metrics.json`` (per fold, mean ± std,
+out-of-fold overall), ``oof_predictions.csv``, ``confusion.png`` and ``learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mer.store import FeatureStore
+from mer.store.tables import read_clip_table, read_labels, read_names
+
+from .config import MODEL_CONFIGS, RunConfig, TrainConfig, config_from_dict
+from .data import FusionData, load_features
+from .folds import Fold, fixed_split, make_folds
+from .metrics import classification_report, summarize_folds
+from .models import build_model
+from .train import train_fold
+
+log = logging.getLogger(__name__)
+
+
+def set_identity(store: FeatureStore, key: str) -> dict[str, Any]:
+    """What a run remembers of a feature set, to refuse a different one at prediction time."""
+    fs = store[key]
+    meta = fs.meta()
+    return {"level": meta["level"], "dim": int(meta["dim"]), "provenance": fs.provenance.identity()}
+
+
+def resolve_folds(names: list[str], labels: list[str], n_folds: int, seed: int, groups: list[str] | None,
+                  val_names: list[str] | None) -> list[Fold]:
+    """Stratified, grouped, or a fixed validation list."""
+    if val_names is not None:
+        return fixed_split(names, val_names)
+    return make_folds(labels, n_folds, groups=groups, seed=seed)
+
+
+def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path, *, model: str = "agt",
+              model_config: dict[str, Any] | None = None, train: TrainConfig | None = None, folds: int = 5,
+              clips_csv: Path | None = None, group_col: str | None = None, val: Path | None = None,
+              classes: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` with k-fold CV on the labelled clips; write the run into ``out``; return metrics."""
+    train = train or TrainConfig()
+    store = FeatureStore(store_path, mode="r")
+    labels = read_labels(labels_csv, classes)
+    classes = list(classes) if classes else sorted(set(labels.values()))
+    names = list(labels)
+    data = load_features(store, features, names, train.max_frames)
+    y = np.array([classes.index(labels[n]) for n in data.names])
+    groups = None
+    if group_col:
+        if clips_csv is None:
+            raise ValueError("--group-col needs --clips (the clip table that holds the column)")
+        col = read_clip_table(clips_csv).column(group_col)
+        lacking = [n for n in data.names if n not in col]
+        if lacking:
+            raise ValueError(f"{len(lacking)} labelled clips are not in {clips_csv}: {', '.join(lacking[:10])}")
+        groups = [col[n] for n in data.names]
+    val_names = read_names(val) if val else None
+    fold_list = resolve_folds(data.names, [classes[i] for i in y], folds, train.seed, groups, val_names)
+    cfg_cls = MODEL_CONFIGS.get(model)
+    if cfg_cls is None:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+    resolved = dataclasses.asdict(config_from_dict(cfg_cls, model_config or {}))
+    run = RunConfig(features=list(features), model=model, model_config=resolved, train=train,
+                    folds=len(fold_list), group_col=group_col, classes=classes)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**dataclasses.asdict(run), "store": str(store_path), "labels": str(labels_csv),
+              "sets": {k: set_identity(store, k) for k in features}, "n_clips": len(data)}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+    def make() -> torch.nn.Module:
+        return build_model(model, resolved, data.dims, data.utt, len(classes))
+
+    oof = np.full((len(data), len(classes)), np.nan, dtype=np.float32)
+    reports, histories, fold_meta = [], [], []
+    t0 = time.perf_counter()
+    for fold in fold_list:
+        result = _train_with_progress(make, data, y, fold, len(classes), train, progress, len(fold_list))
+        oof[fold.val] = result.val_probs
+        rep = classification_report([classes[i] for i in y[fold.val]],
+                                    [classes[i] for i in result.val_probs.argmax(1)], classes)
+        reports.append(rep)
+        histories.append(result.history)
+        fold_meta.append({"fold": fold.index, "n_train": int(len(fold.train)), "n_val": int(len(fold.val)),
+                          "best_epoch": result.best_epoch, "accuracy": rep["accuracy"], "waf": rep["waf"]})
+        torch.save({"state_dict": result.state_dict, "norm": result.norm.state(), "fold": fold.index,
+                    "val_names": [data.names[i] for i in fold.val]}, out / f"fold{fold.index}.pt")
+        log.info("fold %d: WAF %.4f acc %.4f (best epoch %d)", fold.index, rep["waf"], rep["accuracy"], result.best_epoch)
+    seconds = time.perf_counter() - t0
+    have = ~np.isnan(oof[:, 0])
+    overall = classification_report([classes[i] for i in y[have]], [classes[i] for i in oof[have].argmax(1)], classes)
+    metrics = {"model": model, "features": features, "folds": fold_meta, "fold_reports": reports,
+               "summary": summarize_folds(reports), "oof": overall, "train_seconds": seconds}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_oof(out / "oof_predictions.csv", data, y, oof, classes, have)
+    _plots(out, overall, histories, classes, model)
+    return metrics
+
+
+def _train_with_progress(make, data: FusionData, y: np.ndarray, fold: Fold, n_classes: int, cfg: TrainConfig,
+                         progress: bool, n_folds: int):
+    if not progress:
+        return train_fold(make, data, y, fold.train, fold.val, n_classes, cfg, seed=cfg.seed + fold.index)
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn(f"fold {fold.index + 1}/{n_folds}"), BarColumn(),
+                  TextColumn("epoch {task.completed}/{task.total}  val WAF {task.fields[waf]}"), transient=True) as bar:
+        task = bar.add_task("train", total=cfg.epochs, waf="-")
+
+        def tick(epoch: int, stats: dict[str, float]) -> None:
+            bar.update(task, completed=epoch + 1, waf=f"{stats['val_waf']:.3f}")
+
+        return train_fold(make, data, y, fold.train, fold.val, n_classes, cfg, seed=cfg.seed + fold.index,
+                          on_epoch=tick)
+
+
+def _write_oof(path: Path, data: FusionData, y: np.ndarray, oof: np.ndarray, classes: list[str],
+               have: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "label", "discrete", *classes])
+        for i in np.flatnonzero(have):
+            w.writerow([data.names[i], classes[y[i]], classes[int(oof[i].argmax())], *[f"{p:.6f}" for p in oof[i]]])
+
+
+def _plots(out: Path, overall: dict[str, Any], histories: list[dict[str, list[float]]], classes: list[str],
+           model: str) -> None:
+    from .plots import plot_confusion, plot_learning_curves
+
+    plot_confusion(overall["confusion"], classes, out / "confusion.png",
+                   title=f"{model}: out-of-fold WAF {overall['waf']:.3f}, accuracy {overall['accuracy']:.3f}")
+    plot_learning_curves(histories, out / "learning_curves.png", title=f"{model}: learning curves per fold")
