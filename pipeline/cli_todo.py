@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import typer
 
-fuse_app = typer.Typer(no_args_is_help=True)
+todo_commands = typer.Typer(no_args_is_help=True)
 _LOOSE = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -18,6 +18,6 @@ def _todo(what: str) -> Callable[[typer.Context], None]:
     return command
 
 
-for _name in ("train", "predict", "eval", "compare", "selftrain", "vote"):
-    fuse_app.command(_name, help=f"Fusion: {_name} (not yet implemented).",
-                     context_settings=_LOOSE)(_todo(f"fuse {_name}"))
+for _name in ("selftrain", "vote"):
+    todo_commands.command(_name, help=f"Fusion: {_name} (not yet implemented).",
+                          context_settings=_LOOSE)(_todo(f"fuse {_name}"))

@@ -1,0 +1,132 @@
+"""``mer fuse ...``: train, predict, evaluate and compare fusion models on stored features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _kv(pairs: list[str] | None) -> dict:
+    """``["width=256", "fusion=concat"]`` -> typed dict (ints, floats, bools, strings)."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r}: expected key=value")
+        low = raw.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(raw)
+            except ValueError:
+                try:
+                    out[key] = float(raw)
+                except ValueError:
+                    out[key] = raw
+    return out
+
+
+@app.command()
+def train(
+    store: Path = typer.Option(..., "--store", "-s", help="Feature store."),
+    features: str = typer.Option(..., "--features", "-f", help="Comma-separated set keys: audio/A,video/V,text/T."),
+    labels: Path = typer.Option(..., "--labels", "-l", help="Labels CSV name,discrete."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (runs/NAME)."),
+    model: str = typer.Option("agt", "--model", "-m", help="agt, concat, attention or single."),
+    folds: int = typer.Option(5, "--folds", "-k", help="k of k-fold cross-validation."),
+    clips: Path = typer.Option(None, "--clips", help="Clip table holding --group-col."),
+    group_col: str = typer.Option(None, "--group-col", help="Grouped folds by this clip-table column (speaker)."),
+    val: Path = typer.Option(None, "--val", help="Fixed validation clips (CSV/TXT) instead of k-fold."),
+    option: list[str] = typer.Option(None, "--option", "-O", help="Model config key=value (repeatable)."),
+    train_option: list[str] = typer.Option(None, "--train", "-T", help="Training key=value, e.g. -T epochs=80."),
+    seed: int = typer.Option(0, "--seed", help="Seed of folds, initialisation and batch order."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """k-fold training on stored features; writes config, checkpoints, metrics.json and plots."""
+    from mer.fusion.config import TrainConfig, config_from_dict
+    from mer.fusion.run import train_run
+
+    tcfg = config_from_dict(TrainConfig, {**_kv(train_option), "seed": seed, "device": device})
+    keys = [k.strip() for k in features.split(",") if k.strip()]
+    metrics = train_run(store, keys, labels, out, model=model, model_config=_kv(option), train=tcfg,
+                        folds=folds, clips_csv=clips, group_col=group_col, val=val)
+    s = metrics["summary"]
+    typer.echo(f"{model} on {', '.join(keys)}: {len(metrics['folds'])} folds")
+    typer.echo(f"WAF {s['waf']['mean']:.4f} ± {s['waf']['std']:.4f}   accuracy {s['accuracy']['mean']:.4f} ± "
+               f"{s['accuracy']['std']:.4f}   out-of-fold WAF {metrics['oof']['waf']:.4f}")
+    typer.echo(f"run written to {out}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory from `mer fuse train`."),
+    store: Path = typer.Option(..., "--store", "-s", help="Feature store with the run's sets."),
+    names: Path = typer.Option(None, "--names", help="Clips to predict (CSV/TXT); default every clip in the sets."),
+    out: Path = typer.Option(..., "--out", "-o", help="predictions.csv (name,discrete); probabilities beside it."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Ensemble of the run's fold models over stored features."""
+    from mer.fusion.predict import predict_run, write_predictions
+    from mer.store.tables import read_names
+
+    clip_names = read_names(names) if names else None
+    got, probs, classes = predict_run(run, store, clip_names, device)
+    pred, prob = write_predictions(out, got, probs, classes)
+    typer.echo(f"{len(got)} predictions -> {pred} (probabilities: {prob})")
+
+
+@app.command("eval")
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", "-p", help="predictions.csv (name,discrete)."),
+    labels: Path = typer.Option(..., "--labels", "-l", help="Labels CSV (name,discrete)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Accuracy, WAF and a per-class table of a predictions file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mer.fusion.eval import evaluate_predictions
+
+    rep = evaluate_predictions(pred, labels)
+    if as_json:
+        typer.echo(json.dumps(rep, indent=2))
+        return
+    table = Table(title=f"{pred}: accuracy {rep['accuracy']:.4f}  WAF {rep['waf']:.4f}  macro F1 {rep['macro_f1']:.4f}")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for cls, r in rep["per_class"].items():
+        table.add_row(cls, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    Console().print(table)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run directories."),
+    plot: Path = typer.Option(None, "--plot", help="Also write a bar chart of WAF per run (PNG)."),
+) -> None:
+    """One table of several runs side by side (mean ± std over folds, out-of-fold WAF)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fusion runs")
+    for col in ("run", "model", "features", "folds", "WAF", "accuracy", "OOF WAF"):
+        table.add_column(col)
+    wafs = {}
+    for r in runs:
+        m = json.loads((r / "metrics.json").read_text())
+        s = m["summary"]
+        wafs[r.name] = s["waf"]["mean"]
+        table.add_row(r.name, m["model"], ", ".join(m["features"]), str(len(m["folds"])),
+                      f"{s['waf']['mean']:.4f} ± {s['waf']['std']:.4f}",
+                      f"{s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f}", f"{m['oof']['waf']:.4f}")
+    Console(width=160).print(table)
+    if plot:
+        from mer.fusion.plots import plot_bars
+
+        plot_bars(wafs, plot, ylabel="WAF (mean over folds)", title="fusion runs")
+        typer.echo(f"wrote {plot}")
