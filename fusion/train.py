@@ -86,7 +86,7 @@ def train_fold(make_model: Callable[[], nn.Module], data: FusionData, y: np.ndar
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            total += float(loss) * len(rows)
+            total += float(loss.detach()) * len(rows)
         probs = predict_probs(model, data, val_rows, norm, cfg.device)
         pred = probs.argmax(1)
         waf = float(f1_score(y[val_rows], pred, average="weighted", labels=list(range(n_classes)), zero_division=0))

@@ -50,30 +50,49 @@ def _choice(modality: str) -> Any:
                         help=f"Registered extractor: {', '.join(names)}.")
 
 
+DEDICATED = {"model": "--model", "level": "--level", "device": "--device", "dtype": "--dtype",
+             "batch_size": "--batch-size"}
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _parse_options(extractor: str, pairs: list[str] | None) -> dict[str, Any]:
+    """``-O key=value`` pairs -> typed config fields (types from the config dataclass annotations)."""
     import dataclasses
 
     from mer.extractors import get_extractor
 
     fields = {f.name: f for f in dataclasses.fields(get_extractor(extractor).config_class)}
+    settable = [k for k in fields if k not in DEDICATED]
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
+        if key in DEDICATED:
+            raise typer.BadParameter(f"{pair!r}: use {DEDICATED[key]} for {key}", param_hint="--option")
         if not sep or key not in fields:
-            raise typer.BadParameter(f"{pair!r}: expected key=value with key in {', '.join(fields)}", param_hint="--option")
-        default = fields[key].default
-        if raw.lower() in ("none", "null"):
-            out[key] = None
-        elif isinstance(default, bool):
-            out[key] = raw.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            out[key] = int(raw)
-        elif isinstance(default, float):
-            out[key] = float(raw)
-        else:
-            out[key] = raw
+            raise typer.BadParameter(f"{pair!r}: expected key=value with key in {', '.join(settable)}",
+                                     param_hint="--option")
+        out[key] = _typed(pair, raw.strip(), str(fields[key].type))
     return out
+
+
+def _typed(pair: str, raw: str, annotation: str) -> Any:
+    """Convert ``raw`` by the field's annotation (``int | None``, ``bool``, ``float``, ``str``)."""
+    low = raw.lower()
+    if "None" in annotation and low in ("none", "null", ""):
+        return None
+    try:
+        if "bool" in annotation:
+            if low not in TRUE + FALSE:
+                raise ValueError(f"expected one of {', '.join(TRUE + FALSE)}")
+            return low in TRUE
+        if "int" in annotation:
+            return int(raw)
+        if "float" in annotation:
+            return float(raw)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{pair!r}: {exc}", param_hint="--option") from None
+    return raw
 
 
 def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | None, level: str,

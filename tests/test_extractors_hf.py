@@ -8,7 +8,6 @@ Real inputs where cheap: a RAVDESS FLAC decoded with PyAV, MER2023 English subti
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,24 @@ transformers = pytest.importorskip("transformers")
 
 from mer.extractors import clip_image, hf_speech, hf_text  # noqa: E402,F401  (registers the extractors)
 from mer.extractors.base import AudioClip, ItemError, TextClip, VideoClip, get_extractor  # noqa: E402
+from tiny_models import (  # noqa: E402
+    SENTENCES,
+    SR,
+    build_bert,
+    build_hf_clip,
+    build_hubert,
+    build_llama,
+    build_open_clip,
+    build_qwen,
+    build_w2v,
+    conv_frames,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAVDESS_AUDIO = SHARED / "ravdess" / "audio"
 MER_TRANSCRIPTS = SHARED / "mer2023" / "transcription.csv"
 
-SR = 16000
-CONV_KERNEL = (10, 3, 3)
-CONV_STRIDE = (5, 2, 2)  # hop 20 samples
 ATOL = 1e-4
-
-
-def conv_frames(n: int, kernels=CONV_KERNEL, strides=CONV_STRIDE) -> int:
-    """Output frames of the conv feature encoder (the nn.Conv1d length formula, no padding)."""
-    for k, s in zip(kernels, strides):
-        n = (n - k) // s + 1
-    return n
 
 
 def make(name: str, model_dir: Path, **kw):
@@ -84,36 +85,17 @@ def mer_subtitles(n: int) -> list[str]:
     return [r for r in rows if r][:n]
 
 
-# ---- tiny speech models -----------------------------------------------------------------------
-def _speech_cfg(cls, **kw):
-    return cls(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16, 16), conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=12,
-        mask_time_prob=0.0, **kw)
-
-
+# ---- tiny speech models (builders in tiny_models.py) ------------------------------------------
 @pytest.fixture(scope="module")
 def hubert_dir(tmp_path_factory) -> Path:
     """HuBERT-base style: group-norm conv encoder, no attention mask."""
-    from transformers import HubertConfig, HubertModel
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("hubert")
-    HubertModel(_speech_cfg(HubertConfig, feat_extract_norm="group")).save_pretrained(d)
-    return d
+    return build_hubert(tmp_path_factory.mktemp("hubert"))
 
 
 @pytest.fixture(scope="module")
 def w2v_dir(tmp_path_factory) -> Path:
     """wav2vec2-large style: layer-norm conv encoder + stable layer norm, takes an attention mask."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    torch.manual_seed(1)
-    d = tmp_path_factory.mktemp("w2v")
-    Wav2Vec2Model(_speech_cfg(Wav2Vec2Config, feat_extract_norm="layer", do_stable_layer_norm=True)).save_pretrained(d)
-    Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=True).save_pretrained(d)
-    return d
+    return build_w2v(tmp_path_factory.mktemp("w2v"))
 
 
 @pytest.fixture(scope="module")
@@ -227,70 +209,20 @@ def test_speech_normalize_setting(hubert_dir, w2v_dir, speech):
         (hubert_dir / "preprocessor_config.json").unlink()
 
 
-# ---- tiny text models -------------------------------------------------------------------------
-WORDS = ("i you he she it we they is are was not no yes very so and but the a to of in on my your "
-         "happy sad angry surprised worried neutral good bad love hate look getting married too also "
-         "need rearrange yourself course everything finished eating yo what why how oh really know "
-         "think can do go come see this that there here , . ! ? ' s t").split()
-SENTENCES = ["i am so happy to see you .", "why are you so angry ?", "oh no , this is really bad !",
-             "we need to go .", "yes .", "look , he is getting married too , you also need to rearrange yourself ."]
-
-
+# ---- tiny text models (builders in tiny_models.py) --------------------------------------------
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt"), model_max_length=64).save_pretrained(d)
-    torch.manual_seed(2)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(d)
-    return d
-
-
-def _word_tokenizer():
-    """A WordLevel fast tokenizer built offline (no pad token: the extractor must add one)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"), len(vocab)
+    return build_bert(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    d = tmp_path_factory.mktemp("llama")
-    tok, n = _word_tokenizer()
-    tok.save_pretrained(d)
-    torch.manual_seed(3)
-    cfg = LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    return d
+    return build_llama(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    d = tmp_path_factory.mktemp("qwen2")
-    tok, n = _word_tokenizer()
-    tok.save_pretrained(d)
-    torch.manual_seed(4)
-    # transformers 5 loads a qwen2 folder's tokenizer as Qwen2Tokenizer (whatever tokenizer_config says),
-    # which adds its own special tokens after our vocab: leave room for them.
-    cfg = Qwen2Config(vocab_size=n + 32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    Qwen2ForCausalLM(cfg).save_pretrained(d)
-    return d
+    return build_qwen(tmp_path_factory.mktemp("qwen2"))
 
 
 def test_text_bert_shapes_and_batching(bert_dir):
@@ -369,18 +301,7 @@ def _frames(n: int, h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def hf_clip_dir(tmp_path_factory) -> Path:
-    from transformers import CLIPConfig, CLIPModel
-
-    d = tmp_path_factory.mktemp("hfclip")
-    torch.manual_seed(5)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=16),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64),
-        projection_dim=24)
-    CLIPModel(cfg).save_pretrained(d)
-    return d
+    return build_hf_clip(tmp_path_factory.mktemp("hfclip"))
 
 
 def test_clip_hf_shapes_batching_and_errors(hf_clip_dir):
@@ -436,23 +357,8 @@ def test_clip_hf_preprocessing_matches_processor(hf_clip_dir, tmp_path):
 @pytest.fixture(scope="module")
 def open_clip_tiny(tmp_path_factory):
     """A tiny open_clip architecture registered from a json config, and a weights file."""
-    open_clip = pytest.importorskip("open_clip")
-    d = tmp_path_factory.mktemp("openclip")
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
-    (d / "cfg").mkdir()
-    (d / "cfg" / "mer-tiny-vit.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / "cfg")
-    torch.manual_seed(6)
-    model = open_clip.create_model("mer-tiny-vit", pretrained=None)
-    weights = d / "tiny.pt"
-    torch.save(model.state_dict(), weights)
-    local = d / "local"
-    local.mkdir()
-    (local / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    torch.save(model.state_dict(), local / "open_clip_pytorch_model.bin")
-    return model.eval(), weights, local
+    pytest.importorskip("open_clip")
+    return build_open_clip(tmp_path_factory.mktemp("openclip"))
 
 
 def test_clip_open_clip(open_clip_tiny):
