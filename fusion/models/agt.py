@@ -26,7 +26,10 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.utt = utt
         self.k = cfg.utt_tokens if utt else 1
-        self.proj = nn.Linear(dim_in, cfg.width * self.k)
+        # project to the width first, then expand to k tokens: a large input (5,120-d LLM features)
+        # costs one width-sized projection, as in the baselines, not k of them
+        self.proj = nn.Linear(dim_in, cfg.width)
+        self.expand = nn.Linear(cfg.width, cfg.width * self.k) if self.k > 1 else None
         self.norm = nn.LayerNorm(cfg.width)
         self.drop = nn.Dropout(cfg.dropout)
         self.embed = nn.Parameter(torch.zeros(1, self.k if utt else 1, cfg.width))
@@ -37,7 +40,10 @@ class Tokenizer(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         b = x.shape[0]
         if self.utt:
-            tokens = self.proj(x[:, 0]).view(b, self.k, -1)
+            tokens = self.proj(x[:, 0])
+            if self.expand is not None:
+                tokens = self.expand(nn.functional.gelu(tokens))
+            tokens = tokens.view(b, self.k, -1)
             valid = present.unsqueeze(1).expand(b, self.k)
         else:
             tokens = self.proj(x)
