@@ -7,12 +7,18 @@ Intra-channel: self-attention inside each set. Inter-channel: the guide's (audio
 queries that cross-attend to each other set's tokens, giving one audio-guided stream per set.
 Fusion: the audio stream and the guided streams are pooled and mixed by a learned softmax gate
 (streams of absent sets get no weight), or concatenated; a linear head gives the logits.
+
+With ``share_blocks`` (default) all sets go through one intra stack in a single call (a
+block-diagonal mask keeps attention inside each set) and all guided streams through one inter
+stack in a single call (streams stacked along the batch): the same maths with shared weights, and
+a third of the kernel launches, which is what dominates on CPU at these sizes.
 See fusion/README.md for the equations.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AGTConfig
@@ -20,7 +26,7 @@ from .common import Inputs, drop_modalities, masked_mean, modality_of
 
 
 class Tokenizer(nn.Module):
-    """One set's features -> tokens ``[B, T', d]`` with a mask; appends the null token."""
+    """One set's features -> tokens ``[B, T', d]`` with a validity mask; appends the null token."""
 
     def __init__(self, dim_in: int, cfg: AGTConfig, utt: bool) -> None:
         super().__init__()
@@ -32,7 +38,7 @@ class Tokenizer(nn.Module):
         self.expand = nn.Linear(cfg.width, cfg.width * self.k) if self.k > 1 else None
         self.norm = nn.LayerNorm(cfg.width)
         self.drop = nn.Dropout(cfg.dropout)
-        self.embed = nn.Parameter(torch.zeros(1, self.k if utt else 1, cfg.width))
+        self.embed = nn.Parameter(torch.zeros(1, self.k, cfg.width))
         self.null = nn.Parameter(torch.zeros(1, 1, cfg.width))
         nn.init.normal_(self.embed, std=0.02)
         nn.init.normal_(self.null, std=0.02)
@@ -42,7 +48,7 @@ class Tokenizer(nn.Module):
         if self.utt:
             tokens = self.proj(x[:, 0])
             if self.expand is not None:
-                tokens = self.expand(nn.functional.gelu(tokens))
+                tokens = self.expand(F.gelu(tokens))
             tokens = tokens.view(b, self.k, -1)
             valid = present.unsqueeze(1).expand(b, self.k)
         else:
@@ -54,23 +60,33 @@ class Tokenizer(nn.Module):
         return tokens, valid
 
 
-class CrossBlock(nn.Module):
-    """Pre-norm cross-attention (queries attend to a context) + feed-forward, with residuals."""
+class Block(nn.Module):
+    """Pre-norm attention + feed-forward with residuals: self-attention when ``ctx`` is None,
+    else cross-attention of ``x`` (queries) to ``ctx``. ``allowed[b, i, j]``: query i may see key j."""
 
     def __init__(self, cfg: AGTConfig) -> None:
         super().__init__()
         d = cfg.width
+        self.heads = cfg.heads
+        self.p = cfg.dropout
         self.q_norm, self.kv_norm, self.ff_norm = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Dropout(cfg.dropout),
                                 nn.Linear(cfg.ffn_mult * d, d))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, q: Tensor, kv: Tensor, kv_valid: Tensor) -> Tensor:
-        ctx = self.kv_norm(kv)
-        attended, _ = self.attn(self.q_norm(q), ctx, ctx, key_padding_mask=~kv_valid, need_weights=False)
-        q = q + self.drop(attended)
-        return q + self.drop(self.ff(self.ff_norm(q)))
+    def forward(self, x: Tensor, allowed: Tensor, ctx: Tensor | None = None) -> Tensor:
+        b, sq, d = x.shape
+        h, dh = self.heads, d // self.heads
+        xq = self.q_norm(x)
+        kv_in = xq if ctx is None else self.kv_norm(ctx)
+        sk = kv_in.shape[1]
+        q = self.q(xq).view(b, sq, h, dh).transpose(1, 2)
+        k, v = self.kv(kv_in).view(b, sk, 2, h, dh).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
+                                             dropout_p=self.p if self.training else 0.0)
+        x = x + self.drop(self.o(att.transpose(1, 2).reshape(b, sq, d)))
+        return x + self.drop(self.ff(self.ff_norm(x)))
 
 
 class AudioGuidedTransformer(nn.Module):
@@ -78,64 +94,97 @@ class AudioGuidedTransformer(nn.Module):
 
     def __init__(self, cfg: AGTConfig, dims: dict[str, int], n_classes: int, utt: dict[str, bool]) -> None:
         super().__init__()
+        if cfg.width % cfg.heads:
+            raise ValueError(f"width {cfg.width} must be a multiple of heads {cfg.heads}")
+        if cfg.fusion not in ("gate", "concat"):
+            raise ValueError(f"fusion must be 'gate' or 'concat', got {cfg.fusion!r}")
         self.cfg = cfg
         self.keys = list(dims)
         self.guides = [k for k in self.keys if modality_of(k) == cfg.guide]
         self.others = [k for k in self.keys if k not in self.guides]
         if not self.guides:
-            raise ValueError(f"AGT needs at least one {cfg.guide!r} feature set to guide the fusion; got {', '.join(self.keys)}")
+            raise ValueError(f"AGT needs at least one {cfg.guide!r} feature set to guide the fusion; "
+                             f"got {', '.join(self.keys)}")
         if not self.others:
             raise ValueError("AGT needs at least one non-guide feature set (video or text) to fuse")
-        d = cfg.width
         self.tok = nn.ModuleDict({_safe(k): Tokenizer(dims[k], cfg, utt[k]) for k in self.keys})
-        self.intra = nn.ModuleDict({
-            _safe(k): nn.TransformerEncoder(
-                nn.TransformerEncoderLayer(d, cfg.heads, cfg.ffn_mult * d, cfg.dropout, batch_first=True,
-                                           norm_first=True, activation="gelu"),
-                num_layers=cfg.intra_layers, enable_nested_tensor=False)
-            for k in self.keys} if cfg.intra_layers > 0 else {})
-        self.inter = nn.ModuleDict({_safe(k): nn.ModuleList([CrossBlock(cfg) for _ in range(cfg.inter_layers)])
-                                    for k in self.others})
-        self.reverse = nn.ModuleDict({_safe(k): CrossBlock(cfg) for k in self.others} if cfg.bidirectional else {})
-        n_streams = 1 + len(self.others)
+        stacks = 1 if cfg.share_blocks else len(self.keys)
+        self.intra = nn.ModuleList([nn.ModuleList([Block(cfg) for _ in range(cfg.intra_layers)])
+                                    for _ in range(stacks)])
+        n_inter = 1 if cfg.share_blocks else len(self.others)
+        self.inter = nn.ModuleList([nn.ModuleList([Block(cfg) for _ in range(cfg.inter_layers)])
+                                    for _ in range(n_inter)])
+        self.reverse = nn.ModuleList([Block(cfg) for _ in range(n_inter)]) if cfg.bidirectional else None
+        d = cfg.width
         self.gate = nn.Linear(d, 1)
         self.stream_norm = nn.LayerNorm(d)
-        head_in = d if cfg.fusion == "gate" else n_streams * d
-        if cfg.fusion not in ("gate", "concat"):
-            raise ValueError(f"fusion must be 'gate' or 'concat', got {cfg.fusion!r}")
+        head_in = d if cfg.fusion == "gate" else (1 + len(self.others)) * d
         self.head = nn.Sequential(nn.LayerNorm(head_in), nn.Dropout(cfg.dropout), nn.Linear(head_in, n_classes))
 
-    def _encode(self, key: str, inputs: Inputs, present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        x, mask = inputs[key]
-        tokens, valid = self.tok[_safe(key)](x, mask, present[key])
-        if self.intra:
-            tokens = self.intra[_safe(key)](tokens, src_key_padding_mask=~valid)
-        return tokens, valid
+    # ---- intra-channel ----------------------------------------------------------------------
+    def _intra(self, enc: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        if not self.cfg.intra_layers:
+            return enc
+        if not self.cfg.share_blocks:
+            out = []
+            for (x, valid), stack in zip(enc, self.intra):
+                allowed = valid.unsqueeze(1).expand(-1, x.shape[1], -1)
+                for block in stack:
+                    x = block(x, allowed)
+                out.append((x, valid))
+            return out
+        x = torch.cat([t for t, _ in enc], dim=1)
+        valid = torch.cat([v for _, v in enc], dim=1)
+        sizes = [t.shape[1] for t, _ in enc]
+        owner = torch.repeat_interleave(torch.arange(len(sizes), device=x.device),
+                                        torch.tensor(sizes, device=x.device))
+        same_set = owner.unsqueeze(0) == owner.unsqueeze(1)  # block-diagonal: attention stays in its set
+        allowed = same_set.unsqueeze(0) & valid.unsqueeze(1)
+        for block in self.intra[0]:
+            x = block(x, allowed)
+        return [(part, v) for part, (_, v) in zip(torch.split(x, sizes, dim=1), enc)]
+
+    # ---- inter-channel ----------------------------------------------------------------------
+    def _guided(self, q: Tensor, q_valid: Tensor, ctx: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """One audio-guided stream per context set: queries ``q`` cross-attend to it."""
+        if not self.cfg.share_blocks:
+            streams = []
+            for i, (kv, kv_valid) in enumerate(ctx):
+                if self.reverse is not None:
+                    kv = self.reverse[i](kv, q_valid.unsqueeze(1).expand(-1, kv.shape[1], -1), q)
+                g = q
+                for block in self.inter[i]:
+                    g = block(g, kv_valid.unsqueeze(1).expand(-1, q.shape[1], -1), kv)
+                streams.append(g)
+            return streams
+        m, b = len(ctx), q.shape[0]
+        s_max = max(kv.shape[1] for kv, _ in ctx)
+        kv = torch.cat([F.pad(t, (0, 0, 0, s_max - t.shape[1])) for t, _ in ctx], dim=0)  # [M*B, S, d]
+        kv_valid = torch.cat([F.pad(v, (0, s_max - v.shape[1]), value=False) for _, v in ctx], dim=0)
+        qq, qv = q.repeat(m, 1, 1), q_valid.repeat(m, 1)
+        if self.reverse is not None:
+            kv = self.reverse[0](kv, qv.unsqueeze(1).expand(-1, s_max, -1), qq)
+        allowed = kv_valid.unsqueeze(1).expand(-1, q.shape[1], -1)
+        for block in self.inter[0]:
+            qq = block(qq, allowed, kv)
+        return list(torch.split(qq, b, dim=0))
 
     def forward(self, inputs: Inputs, present: dict[str, Tensor]) -> Tensor:
         present = drop_modalities(present, self.others, self.cfg.modality_dropout, self.training)
-        enc = {k: self._encode(k, inputs, present) for k in self.keys}
+        enc = self._intra([self.tok[_safe(k)](*inputs[k], present[k]) for k in self.keys])
+        by_key = dict(zip(self.keys, enc))
         # queries: every guide set's tokens (its null token stands in when the clip lacks the guide)
-        q = torch.cat([enc[k][0] for k in self.guides], dim=1)
-        q_valid = torch.cat([enc[k][1] for k in self.guides], dim=1)
-        streams = [masked_mean(q, q_valid)]
-        alive = [torch.ones_like(present[self.others[0]])]
-        for k in self.others:
-            kv, kv_valid = enc[k]
-            if self.cfg.bidirectional:
-                kv = self.reverse[_safe(k)](kv, q, q_valid)
-            guided = q
-            for block in self.inter[_safe(k)]:
-                guided = block(guided, kv, kv_valid)
-            streams.append(masked_mean(guided, q_valid))
-            alive.append(present[k])
-        s = torch.stack([self.stream_norm(t) for t in streams], dim=1)  # [B, S, d]
-        alive_t = torch.stack(alive, dim=1)
+        q = torch.cat([by_key[k][0] for k in self.guides], dim=1)
+        q_valid = torch.cat([by_key[k][1] for k in self.guides], dim=1)
+        guided = self._guided(q, q_valid, [by_key[k] for k in self.others])
+        streams = [masked_mean(q, q_valid)] + [masked_mean(g, q_valid) for g in guided]
+        alive = torch.stack([torch.ones_like(present[self.others[0]])] + [present[k] for k in self.others], dim=1)
+        s = self.stream_norm(torch.stack(streams, dim=1))  # [B, S, d]
         if self.cfg.fusion == "gate":
-            logits = self.gate(s).squeeze(-1).masked_fill(~alive_t, float("-inf"))
+            logits = self.gate(s).squeeze(-1).masked_fill(~alive, float("-inf"))
             z = (torch.softmax(logits, dim=1).unsqueeze(-1) * s).sum(1)
         else:
-            z = (s * alive_t.unsqueeze(-1).to(s.dtype)).flatten(1)
+            z = (s * alive.unsqueeze(-1).to(s.dtype)).flatten(1)
         return self.head(z)
 
 

@@ -1,0 +1,110 @@
+"""Accuracy of every fusion model on real RAVDESS features (speaker-independent).
+
+Features (extracted once into ``--work``/features.zarr through the real stages): Whisper-base
+encoder (``audio/whisper-base``), OpenFace action units (``video/openface-au``), MiniLM on the
+spoken sentence (``text/minilm``; RAVDESS has two fixed sentences, so text carries almost no
+emotion). Two protocols:
+  holdout: train on actors 1-16 (5 folds grouped by actor, for early stopping and the ensemble),
+           predict actors 17-20 with the fold ensemble;
+  cv5:     5-fold cross-validation grouped by actor over all 20 actors (mean over folds).
+
+    python benchmarks/ravdess_accuracy.py --data ../shared/data/ravdess --work bench-out/ravdess
+
+Prints a table (accuracy and WAF per model and protocol) and, last, ``agt_holdout_waf: X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+from mer.fusion.config import TrainConfig
+from mer.fusion.eval import evaluate_predictions
+from mer.fusion.predict import predict_run, write_predictions
+from mer.fusion.run import train_run
+from mer.pipeline.clips import labels_from_table, scan_dataset
+from mer.pipeline.demo import demo_stages
+from mer.pipeline.stage import run_stage
+from mer.store.tables import write_clip_table
+
+A, V, T = "audio/whisper-base", "video/openface-au", "text/minilm"
+RUNS = [("single", [A]), ("single", [V]), ("single", [T]), ("concat", [A, V, T]), ("attention", [A, V, T]),
+        ("agt", [A, V, T])]
+
+
+def prepare(data: Path, work: Path, whisper_seconds: float) -> tuple[Path, Path, Path]:
+    """Clip table, labels and the three feature sets (resumes: done clips are skipped)."""
+    work.mkdir(parents=True, exist_ok=True)
+    table = scan_dataset(data)
+    clips = write_clip_table(table, work / "clips.csv")
+    labels = labels_from_table(table, "emotion", work / "labels.csv")
+    for spec in demo_stages(data, clips, work / "features.zarr", whisper_seconds):
+        report = run_stage(spec, progress=False)
+        logging.info("%s: %d done, %d skipped, %d failed", spec.key, report.done, report.skipped, len(report.failed))
+    return clips, labels, work / "features.zarr"
+
+
+def split_labels(clips: Path, labels: Path, work: Path) -> tuple[Path, Path]:
+    """Labels of actors 1-16 (train) and 17-20 (test)."""
+    with open(clips) as f:
+        actor = {r["name"]: int(r["actor"]) for r in csv.DictReader(f)}
+    with open(labels) as f:
+        rows = list(csv.DictReader(f))
+    paths = []
+    for part, keep in (("train", lambda a: a <= 16), ("test", lambda a: a > 16)):
+        p = work / f"labels-{part}.csv"
+        with open(p, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "discrete"])
+            w.writerows((r["name"], r["discrete"]) for r in rows if keep(actor[r["name"]]))
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/ravdess"))
+    ap.add_argument("--work", type=Path, default=Path("bench-out/ravdess"))
+    ap.add_argument("--whisper-seconds", type=float, default=0.0, help="0: trimmed input; 30: native padding")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--only", default="", help="comma-separated model names to run (default all)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    clips, labels, store = prepare(args.data, args.work, args.whisper_seconds)
+    train_labels, test_labels = split_labels(clips, labels, args.work)
+    cfg = TrainConfig(epochs=args.epochs)
+    rows = []
+    wanted = set(args.only.split(",")) if args.only else None
+    for model, feats in RUNS:
+        if wanted and model not in wanted:
+            continue
+        tag = f"{model}-" + "+".join(k.split("/")[0] for k in feats)
+        hold = train_run(store, feats, train_labels, args.work / "runs" / f"holdout-{tag}", model=model, train=cfg,
+                         folds=5, clips_csv=clips, group_col="speaker", progress=False)
+        names = [r["name"] for r in csv.DictReader(open(test_labels))]
+        got, probs, classes = predict_run(args.work / "runs" / f"holdout-{tag}", store, names)
+        pred, _ = write_predictions(args.work / "runs" / f"holdout-{tag}" / "test_predictions.csv", got, probs, classes)
+        test = evaluate_predictions(pred, test_labels)
+        cv = train_run(store, feats, labels, args.work / "runs" / f"cv5-{tag}", model=model, train=cfg, folds=5,
+                       clips_csv=clips, group_col="speaker", progress=False)
+        row = {"model": model, "features": "+".join(k.split("/")[0] for k in feats),
+               "holdout_acc": test["accuracy"], "holdout_waf": test["waf"],
+               "cv5_acc": cv["summary"]["accuracy"]["mean"], "cv5_waf": cv["summary"]["waf"]["mean"],
+               "cv5_waf_std": cv["summary"]["waf"]["std"], "holdout_train_cv_waf": hold["summary"]["waf"]["mean"]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("| model | features | holdout acc | holdout WAF | 5-fold acc | 5-fold WAF |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['features']} | {r['holdout_acc']:.3f} | {r['holdout_waf']:.3f} | "
+              f"{r['cv5_acc']:.3f} | {r['cv5_waf']:.3f} ± {r['cv5_waf_std']:.3f} |")
+    agt = [r for r in rows if r["model"] == "agt"]
+    if agt:
+        print(f"agt_holdout_waf: {agt[0]['holdout_waf']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
