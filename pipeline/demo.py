@@ -3,7 +3,7 @@
 Steps: build the clip table and labels; fill a feature store through the same extraction stages
 users run — real OpenFace action units (``table``), real pretrained Whisper-base speech features
 (``whisper-ct2``) and MiniLM subtitle features (``sentence``); check the store and print its
-summary. Later stages (fusion) extend this function as they land.
+summary; train the Audio-Guided Transformer with 4 folds grouped by speaker and print its metrics.
 """
 
 from __future__ import annotations
@@ -79,4 +79,32 @@ def run_demo(out: Path, data: Path | None = None, whisper_seconds: float = 0.0) 
     for p in problems:
         console.print(f"[red]{p}[/]")
     print_info(store.path)
+
+    console.rule("6. mer fuse train --model agt --folds 4 --group-col speaker")
+    from mer.fusion.config import TrainConfig
+    from mer.fusion.run import train_run
+
+    keys = [spec.key for spec in demo_stages(data, clips_csv, store.path, whisper_seconds)]
+    audio_first = sorted(keys, key=lambda k: not k.startswith("audio/"))
+    metrics = train_run(store.path, audio_first, labels_csv, out / "runs" / "agt", model="agt",
+                        train=TrainConfig(epochs=40), folds=4, clips_csv=clips_csv, group_col="speaker")
+    print_metrics(console, metrics, out / "runs" / "agt")
     return 1 if (problems or failed) else 0
+
+
+def print_metrics(console, metrics: dict, run_dir: Path) -> None:
+    """Per-fold and mean metrics of a run, and where its plots are."""
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['model']} on {', '.join(metrics['features'])} (speaker-independent folds)")
+    for col in ("fold", "train", "val", "best epoch", "accuracy", "WAF"):
+        table.add_column(col, justify="right")
+    for f in metrics["folds"]:
+        table.add_row(str(f["fold"]), str(f["n_train"]), str(f["n_val"]), str(f["best_epoch"]),
+                      f"{f['accuracy']:.3f}", f"{f['waf']:.3f}")
+    s = metrics["summary"]
+    table.add_row("mean ± std", "", "", "", f"{s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f}",
+                  f"{s['waf']['mean']:.3f} ± {s['waf']['std']:.3f}")
+    console.print(table)
+    console.print(f"chance: {1 / len(metrics['oof']['per_class']):.3f}; plots: {run_dir / 'confusion.png'}, "
+                  f"{run_dir / 'learning_curves.png'}")

@@ -255,6 +255,10 @@ def test_demo(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "360 clips, 8 emotions, 12 speakers" in res.stdout
     assert res.stdout.count("│   360 │  360 │       0 │      0 │") == 3  # three stages, all clips done
+    metrics = json.loads((out / "runs" / "agt" / "metrics.json").read_text())
+    assert metrics["model"] == "agt" and len(metrics["folds"]) == 4
+    assert metrics["summary"]["waf"]["mean"] > 0.5  # chance is 0.125
+    assert f"{metrics['summary']['waf']['mean']:.3f} ±" in res.stdout
     assert (out / "clips.csv").is_file() and (out / "labels.csv").is_file() and (out / "features.zarr").is_dir()
 
     table = read_clip_table(out / "clips.csv")
