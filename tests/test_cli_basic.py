@@ -74,7 +74,7 @@ def test_no_args_shows_help() -> None:
     assert "Usage: mer" in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("args", [("fuse", "train"), ("fuse", "predict", "--run", "r")])
+@pytest.mark.parametrize("args", [("fuse", "selftrain"), ("fuse", "vote", "a.csv", "b.csv")])
 def test_unimplemented_commands_exit_2(args: tuple[str, ...]) -> None:
     res = mer(*args)
     assert res.returncode == 2
