@@ -33,24 +33,23 @@ def run_block(spec: StageSpec, key: str, names: list[str], threads: int) -> tupl
 
     ident = _spec_key(spec)
     if _CACHE.get("ident") != ident:
-        _limit_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before any model library starts its pool
         _CACHE.clear()
         _CACHE.update(ident=ident, extractor=build_extractor(spec), table=read_clip_table(spec.clips))
+        _limit_torch_threads(threads)
     fs = FeatureStore(spec.store)[key]
     report = StageReport(key=key)
     run_names(spec, _CACHE["extractor"], fs, _CACHE["table"], names, report, consolidate=False)
     return report.done, report.failed
 
 
-def _limit_threads(threads: int) -> None:
-    """Keep N workers from oversubscribing the cores (torch / BLAS thread pools)."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    try:
-        import torch
+def _limit_torch_threads(threads: int) -> None:
+    """Keep N workers from oversubscribing the cores, if the extractor uses torch at all."""
+    import sys
 
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:  # torch-free extractors (whisper-ct2) need nothing here
-        pass
 
 
 def block_size(spec: StageSpec, n_todo: int, n_workers: int) -> int:
