@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .consolidate import consolidate
 from .featureset import FeatureSet
 from .featurestore import FeatureStore
 from .layout import ATTR
