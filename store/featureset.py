@@ -156,12 +156,11 @@ class FeatureSet:
         """
         names, rows = self._rows_for(names)
         g = self.group()
-        values = g["values"]
-        if self.level == "utt":
-            out = _take_rows(values, rows)
+        meta = self.meta()
+        if meta["level"] == "utt":
+            out = _take_rows(g["values"], rows)
             return out.astype(dtype) if dtype else out
-        offsets = g["offsets"][: self.meta()["n_rows"] + 1]
-        chunks = _take_ranges(values, offsets[rows], offsets[rows + 1])
+        chunks = _take_ranges(g["values"], *_frame_ranges(g, meta, rows))
         return [c.astype(dtype) if dtype else c for c in chunks]
 
     def read_extra(self, key: str, names: list[str] | None = None) -> np.ndarray:
@@ -179,15 +178,14 @@ class FeatureSet:
             raise ValueError(f"feature set {self.key!r} is utterance level: it has no frame times")
         names, rows = self._rows_for(names)
         g = self.group()
-        offsets = g["offsets"][: self.meta()["n_rows"] + 1]
-        return _take_ranges(g["times"], offsets[rows], offsets[rows + 1])
+        return _take_ranges(g["times"], *_frame_ranges(g, self.meta(), rows))
 
     def read_padded(self, names: list[str] | None = None, *, dtype: str = "float32",
                     max_frames: int | None = None) -> FrameBatch:
         """Frame-level clips as a zero-padded ``[N, T_max, D]`` array plus mask, times and lengths."""
-        clips = self.read(names, dtype=dtype)
         if self.level != "frame":
             raise ValueError(f"feature set {self.key!r} is utterance level: use read()")
+        clips = self.read(names, dtype=dtype)
         times = self.read_times(names)
         assert isinstance(clips, list)
         lengths = np.array([min(len(c), max_frames or len(c)) for c in clips], dtype=np.int64)
@@ -226,6 +224,12 @@ class FeatureSet:
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.key!r}, root={str(self.root)!r})"
+
+
+def _frame_ranges(g: zarr.Group, meta: dict[str, Any], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end frame of each row of a frame-level set (from the committed offsets)."""
+    offsets = g["offsets"][: meta["n_rows"] + 1]
+    return offsets[rows], offsets[rows + 1]
 
 
 def _take_rows(values: zarr.Array, rows: np.ndarray) -> np.ndarray:
