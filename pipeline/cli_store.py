@@ -48,6 +48,12 @@ def print_info(store_path: Path) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(table)
     for r in rows:
+        ft = r.get("finetune")
+        if ft:
+            trained = ft.get("trained_on") or {}
+            console.print(f"[cyan]{r['set']}[/]: model fine-tuned ({ft.get('task', '?')}) from {ft.get('base_model')} "
+                          f"on {trained.get('count', '?')} clips ({str(trained.get('sha256', ''))[:12]}), "
+                          f"classes {','.join(ft.get('classes') or [])}")
         for name, reason in list(r["failed"].items())[:10]:
             console.print(f"[yellow]{r['set']}[/]: clip {name} failed: {reason}")
         if r["failures"] > 10:

@@ -29,6 +29,7 @@ from mer.extractors.base import (
     get_extractor,
 )
 from mer.store import ClipValueError, FeatureSet, FeatureStore, Provenance, ProvenanceMismatch, hash_path
+from mer.store.provenance import read_finetune_record
 from mer.store.tables import ClipTable, TableError, read_clip_table, read_names
 
 from .decode_errors import DecodeError
@@ -122,7 +123,8 @@ def provenance_of(spec: StageSpec, extractor: Extractor) -> Provenance:
     weights = extractor.weights_path()
     decode = {**spec.decode.record(spec.modality), **extractor.decode_settings()}
     return Provenance(extractor=spec.extractor, config=extractor.config.identity(), model=extractor.config.model,
-                      weights_hash=hash_path(weights) if weights is not None else None, decode=decode)
+                      weights_hash=hash_path(weights) if weights is not None else None, decode=decode,
+                      finetune=read_finetune_record(weights))
 
 
 def open_set(spec: StageSpec, extractor: Extractor, *, force: bool) -> FeatureSet:

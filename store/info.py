@@ -26,6 +26,7 @@ def describe_set(store: FeatureStore, key: str) -> dict[str, Any]:
         "model": prov.get("model"),
         "weights_hash": prov.get("weights_hash"),
         "decode": prov.get("decode", {}),
+        "finetune": prov.get("finetune"),
         "created": meta.get("created"),
         "updated": meta.get("updated"),
         "failures": len(failures),

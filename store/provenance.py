@@ -41,6 +41,9 @@ class Provenance:
         packages: versions of the packages that matter, recorded at creation.
         project: mer version and git commit, recorded at creation.
         created: UTC creation time, ISO 8601.
+        finetune: the model's fine-tuning record (``mer_finetune.json`` of a ``mer finetune`` output
+            directory, less the list of clip names), or ``None``. Not an identity field: the weights
+            hash already tells fine-tuned models apart.
     """
 
     extractor: str
@@ -51,6 +54,7 @@ class Provenance:
     packages: dict[str, str] = field(default_factory=lambda: package_versions())
     project: dict[str, str | None] = field(default_factory=lambda: project_version())
     created: str = field(default_factory=lambda: utc_now())
+    finetune: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (round-trips through :meth:`from_dict`)."""
@@ -84,6 +88,32 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+FINETUNE_RECORD = "mer_finetune.json"  # written by ``mer finetune`` into the model directory
+
+
+def read_finetune_record(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """The fine-tuning record of a model directory (or of the directory holding a weights file).
+
+    Returns ``mer_finetune.json`` without its ``trained_on.names`` list (the count and hash stay),
+    so that it fits in a feature set's attributes; ``None`` when there is no record or it is unreadable.
+    """
+    if path is None:
+        return None
+    root = Path(path)
+    record = (root if root.is_dir() else root.parent) / FINETUNE_RECORD
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable fine-tune record %s: %s", record, exc)
+        return None
+    trained = data.get("trained_on")
+    if isinstance(trained, dict):
+        data["trained_on"] = {k: v for k, v in trained.items() if k != "names"}
+    return data
 
 
 def utc_now() -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-PACKAGES = ("pipeline", "extractors", "fusion", "store")
+PACKAGES = ("pipeline", "extractors", "fusion", "store", "finetune")
 
 
 def test_editable_install_maps_folders():
