@@ -155,23 +155,48 @@ def read_names(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
-    """Columns, rows, and the physical line each row starts on (quoted cells may span lines)."""
+    """Columns, rows, and the physical line each row starts on (quoted cells may span lines).
+
+    A file that is not UTF-8 is refused as a whole (its encoding is suspect everywhere, and bytes of
+    another encoding can form valid but wrong UTF-8 elsewhere); the error names the first line,
+    clip and column holding bytes that are not UTF-8.
+    """
     if not path.is_file():
         raise TableError(f"{path}: file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows, lines = [], []
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows, lines = [], []
+        start = reader.line_num + 1
+        for raw in reader:
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            rows.append(row)
+            lines.append(start)
             start = reader.line_num + 1
-            for raw in reader:
-                row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-                rows.append(row)
-                lines.append(start)
-                start = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise TableError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    _check_utf8(path, columns, rows, lines)
     return columns, rows, lines
+
+
+def _not_utf8(text: str) -> str | None:
+    """Description of the first byte of ``text`` that was not UTF-8 (read with surrogateescape), or None."""
+    for i, ch in enumerate(text):
+        if 0xDC80 <= ord(ch) <= 0xDCFF:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return f"byte 0x{ord(ch) - 0xDC00:02x} at character {i + 1} of \"{shown[:60]}\""
+    return None
+
+
+def _check_utf8(path: Path, columns: list[str], rows: list[dict[str, str]], lines: list[int]) -> None:
+    hint = "; save the file as UTF-8"
+    for col in columns:
+        if (bad := _not_utf8(col)) is not None:
+            raise TableError(f"{path}:1: header is not UTF-8 text ({bad}){hint}")
+    for line, row in zip(lines, rows):
+        for col, value in row.items():
+            if (bad := _not_utf8(value)) is not None:
+                name = row.get("name", "")
+                who = f"clip {name!r}" if _not_utf8(name) is None else "clip name"
+                raise TableError(f"{path}:{line}: {who}, column {col!r}: not UTF-8 text ({bad}){hint}")
 
 
 def _check_names(path: Path, rows: list[dict[str, str]], lines: list[int]) -> None:
