@@ -103,11 +103,13 @@ class FeatureSetWriter:
             raise ClipValueError(self.fs.key, name, f"non-numeric dtype {arr.dtype}")
         finite = np.isfinite(arr)
         if not finite.all():
-            raise ClipValueError(self.fs.key, name, f"{int((~finite).sum())} NaN/Inf values")
+            raise ClipValueError(self.fs.key, name, f"{int((~finite).sum())} of {arr.size} values are NaN/Inf; "
+                                 "not stored")
         with np.errstate(over="ignore"):
             stored = arr.astype(self.dtype)
         if not np.isfinite(stored).all():
-            raise ClipValueError(self.fs.key, name, f"values overflow {self.dtype} (max |x| = {np.abs(arr).max():.3g})")
+            raise ClipValueError(self.fs.key, name, f"values overflow {self.dtype} (max |x| = {np.abs(arr).max():.3g}); "
+                                 "not stored (store float32: --store-dtype float32)")
         return stored
 
     def _tick(self) -> None:
