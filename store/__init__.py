@@ -19,6 +19,7 @@ from .errors import (
     ProvenanceMismatch,
     StoreError,
     StoreLockTimeout,
+    StoreWriteError,
 )
 from .featureset import FeatureSet, FrameBatch
 from .featurestore import FeatureStore, JoinedFeatures
@@ -40,5 +41,6 @@ __all__ = [
     "Segment",
     "StoreError",
     "StoreLockTimeout",
+    "StoreWriteError",
     "hash_path",
 ]

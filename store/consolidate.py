@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from .errors import StoreError, StoreWriteError
 from .layout import ATTR, INDEX_CHUNK
 from .lock import locked
 from .provenance import utc_now
@@ -36,6 +37,20 @@ def consolidate(fs: FeatureSet, *, timeout: float = 600.0) -> int:
     pending = fs.pending_dir
     if not pending.is_dir():
         return 0
+    try:
+        merged = _consolidate(fs, pending, timeout)
+    except StoreError:
+        raise  # a lock timeout (also an OSError) says what it is already
+    except OSError as exc:
+        raise StoreWriteError(fs.key, fs.root, exc, "clips not yet merged stay committed in the write-ahead "
+                              "segments (_pending/), and the next run or `mer store check --fix` merges them once "
+                              "the store can be written") from exc
+    if merged:
+        log.info("consolidated %d clips into %s", merged, fs.key)
+    return merged
+
+
+def _consolidate(fs: FeatureSet, pending: Any, timeout: float) -> int:
     merged = 0
     with locked(fs.path, timeout=timeout, what=f"feature set {fs.key!r}"):
         group = fs.group(mode="r+")
@@ -57,8 +72,6 @@ def consolidate(fs: FeatureSet, *, timeout: float = 600.0) -> int:
             merged += _merge(group, meta, batch)
             _delete(pending, batch)
         remove_pending_dir_if_empty(pending)
-    if merged:
-        log.info("consolidated %d clips into %s", merged, fs.key)
     return merged
 
 

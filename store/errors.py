@@ -62,3 +62,18 @@ class ClipValueError(StoreError, ValueError):
 
 class StoreLockTimeout(StoreError, TimeoutError):
     """Another process holds the feature set's lock for longer than we are willing to wait."""
+
+
+class StoreWriteError(StoreError):
+    """The file system refused a write (disk full, read-only, permissions, file too large).
+
+    The message names the set, the store, the system's reason and what became of the work: what
+    was committed before stays committed, and a rerun redoes only what was not.
+    """
+
+    def __init__(self, key: str, root: object, exc: OSError, consequence: str) -> None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        super().__init__(f"cannot write feature set {key!r} in {root}: {reason}{where}; {consequence}")
+        self.key = key
+        self.errno = exc.errno

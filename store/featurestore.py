@@ -138,8 +138,13 @@ class FeatureStore:
         shutil.rmtree(trash)
 
     def _writable(self) -> None:
+        """Refuse to start writing where nothing could be written (before any work is done)."""
         if self.mode == "r":
             raise StoreError(f"store {self.path} was opened read-only")
+        # access(2) reports a read-only file system even to root (for whom permission bits do not count)
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StoreError(f"store {self.path} is not writable (read-only file system or no permission); "
+                             "nothing was written")
 
     # ---- reading --------------------------------------------------------------------------
     def read(self, key: str, names: list[str] | None = None, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ClipValueError
+from .errors import ClipValueError, StoreWriteError
 from .segments import Segment
 
 if TYPE_CHECKING:
@@ -134,7 +134,13 @@ class FeatureSetWriter:
             seg = Segment(names=self._names, values=values, lengths=lengths, times=times, failed=self._failed)
         keys = sorted({k for e in self._extras for k in e})
         seg.extras = {k: np.array([e.get(k, np.nan) for e in self._extras], dtype=np.float32) for k in keys}
-        self.fs.write_segment(seg)
+        try:
+            self.fs.write_segment(seg)
+        except OSError as exc:
+            raise StoreWriteError(self.fs.key, self.fs.root, exc,
+                                  f"{len(self._names) + len(self._failed)} clips buffered since the last commit are "
+                                  f"not saved (a rerun redoes them); {self.n_written} clips this writer committed "
+                                  "earlier are kept") from exc
         self.n_written += len(self._names)
         self._names, self._values, self._times, self._extras, self._failed = [], [], [], [], {}
         self._since = None
