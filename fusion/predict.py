@@ -21,6 +21,7 @@ from mer.store.provenance import identity_differences
 
 from .data import Standardizer, load_features
 from .models import build_model
+from .priors import OutOfFold, PriorCorrection, correct, parse_priors, read_oof
 from .run import set_identity
 from .train import predict_probs
 
@@ -31,12 +32,34 @@ class RunMismatchError(StoreError):
     """The store's feature sets differ from those the run was trained on."""
 
 
+def resolve_run(run_dir: Path) -> Path:
+    """The run directory to use: a self-training folder resolves to its best round."""
+    run_dir = Path(run_dir)
+    st = run_dir / "selftrain.json"
+    if st.is_file() and not (run_dir / "config.json").is_file():
+        best = json.loads(st.read_text())["best_dir"]
+        best_path = Path(best) if Path(best).is_absolute() else run_dir / best
+        log.info("%s is a self-training run: using its best round, %s", run_dir, best_path)
+        return best_path
+    return run_dir
+
+
 def load_run(run_dir: Path) -> dict[str, Any]:
     """The run's config.json, with a clear error when the folder is not a run."""
-    path = Path(run_dir) / "config.json"
+    path = resolve_run(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run (no config.json); train one with `mer fuse train`")
     return json.loads(path.read_text())
+
+
+def run_oof(run_dir: Path) -> OutOfFold:
+    """The run's out-of-fold predictions (for prior correction: training priors, calibration, BBSE)."""
+    run_dir = resolve_run(run_dir)
+    config = load_run(run_dir)
+    path = run_dir / "oof_predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no oof_predictions.csv; prior correction needs it")
+    return read_oof(path, config["classes"], bool(config["train"].get("class_weights", False)))
 
 
 def check_store_matches(config: dict[str, Any], store: FeatureStore) -> None:
@@ -57,38 +80,70 @@ def check_store_matches(config: dict[str, Any], store: FeatureStore) -> None:
                                + "\n".join(problems))
 
 
-def predict_run(run_dir: Path, store_path: Path, names: list[str] | None = None,
-                device: str = "cpu") -> tuple[list[str], np.ndarray, list[str]]:
-    """Average the fold models' probabilities; returns (names, probs ``[N, C]``, classes)."""
-    run_dir = Path(run_dir)
+def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None,
+               device: str = "cpu") -> tuple[list[str], np.ndarray, list[str]]:
+    """Each fold model's probabilities; returns (names, probs ``[K, N, C]``, classes)."""
+    run_dir = resolve_run(run_dir)
     config = load_run(run_dir)
     store = FeatureStore(store_path, mode="r")
     check_store_matches(config, store)
     data = load_features(store, config["features"], names, config["train"]["max_frames"])
     classes = config["classes"]
-    checkpoints = sorted(run_dir.glob("fold*.pt"))
+    checkpoints = sorted(run_dir.glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} holds no fold checkpoints (fold*.pt)")
     rows = np.arange(len(data))
-    total = np.zeros((len(data), len(classes)), dtype=np.float64)
+    out = []
     for ckpt in checkpoints:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model = build_model(config["model"], config["model_config"], data.dims, data.utt, len(classes))
         model.load_state_dict(state["state_dict"])
         model.to(device)
-        total += predict_probs(model, data, rows, Standardizer.from_state(state["norm"]), device)
-    return data.names, (total / len(checkpoints)).astype(np.float32), classes
+        out.append(predict_probs(model, data, rows, Standardizer.from_state(state["norm"]), device))
+    return data.names, np.stack(out).astype(np.float32), classes
 
 
-def write_predictions(path: Path, names: list[str], probs: np.ndarray, classes: list[str]) -> tuple[Path, Path]:
-    """MER submission format ``name,discrete`` at ``path`` and probabilities beside it."""
+def predict_run(run_dir: Path, store_path: Path, names: list[str] | None = None,
+                device: str = "cpu") -> tuple[list[str], np.ndarray, list[str]]:
+    """Average the fold models' probabilities; returns (names, probs ``[N, C]``, classes)."""
+    got, probs, classes = fold_probs(run_dir, store_path, names, device)
+    return got, probs.mean(0), classes
+
+
+def predict_corrected(run_dir: Path, store_path: Path, names: list[str] | None = None, method: str = "none",
+                      priors: str | None = None, device: str = "cpu") -> tuple[list[str], PriorCorrection]:
+    """Ensemble prediction, then label-shift correction of the posteriors (:mod:`mer.fusion.priors`).
+
+    The priors are estimated from the predictions on ``names`` themselves (``em``, ``bbse``) or taken
+    from ``priors`` (``given``, ``"class=value,..."``).
+    """
+    got, probs, classes = predict_run(run_dir, store_path, names, device)
+    oof = run_oof(run_dir)
+    given = parse_priors(priors, classes) if method == "given" else None
+    if priors and method != "given":
+        raise ValueError("--priors goes with --prior-correction given")
+    return got, correct(probs, method, oof, given)
+
+
+def write_predictions(path: Path, names: list[str], probs: np.ndarray | None, classes: list[str],
+                      discrete: list[str] | None = None) -> tuple[Path, Path | None]:
+    """MER submission format ``name,discrete`` at ``path`` and probabilities beside it.
+
+    ``discrete`` overrides the argmax of ``probs`` (e.g. majority votes); with ``probs`` ``None``
+    only the submission file is written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if discrete is None:
+        if probs is None:
+            raise ValueError("write_predictions needs probs or discrete")
+        discrete = [classes[int(p.argmax())] for p in probs]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "discrete"])
-        for n, p in zip(names, probs):
-            w.writerow([n, classes[int(p.argmax())]])
+        w.writerows(zip(names, discrete))
+    if probs is None:
+        return path, None
     prob_path = path.with_name(path.stem + "_probs.csv")
     with open(prob_path, "w", newline="") as f:
         w = csv.writer(f)

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from .data import FusionData, load_features
 from .folds import Fold, fixed_split, make_folds
 from .metrics import classification_report, summarize_folds
 from .models import build_model
-from .train import train_fold
+from .train import predict_probs, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -77,35 +79,91 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
                     folds=len(fold_list), group_col=group_col, classes=classes)
     out.mkdir(parents=True, exist_ok=True)
     config = {**dataclasses.asdict(run), "store": str(store_path), "labels": str(labels_csv),
-              "sets": {k: set_identity(store, k) for k in features}, "n_clips": len(data)}
+              "sets": {k: set_identity(store, k) for k in features}, "n_clips": len(data),
+              "clips": str(clips_csv) if clips_csv else None}
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
     def make() -> torch.nn.Module:
         return build_model(model, resolved, data.dims, data.utt, len(classes))
 
+    fits = fit_folds(make, data, y, fold_list, classes, train, out, progress=progress)
+    return write_run(out, model, features, data, y, fits, classes)
+
+
+@dataclass
+class FoldFits:
+    """What :func:`fit_folds` leaves besides the checkpoints it writes."""
+
+    oof: np.ndarray  # [N, C] out-of-fold probabilities (NaN rows: never validated)
+    reports: list[dict[str, Any]]  # classification report per fold
+    histories: list[dict[str, list[float]]]  # learning curves per fold
+    folds: list[dict[str, Any]]  # per-fold summary rows for metrics.json
+    predicted: np.ndarray | None  # [K, P, C] each fold model's probabilities on ``predict_rows``
+    seconds: float
+
+
+def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarray, fold_list: list[Fold],
+              classes: list[str], train: TrainConfig, out: Path, *, progress: bool = True,
+              extra: list[tuple[np.ndarray, np.ndarray]] | None = None,
+              predict_rows: np.ndarray | None = None) -> FoldFits:
+    """Train one model per fold, save ``fold<k>.pt`` in ``out``, collect out-of-fold probabilities.
+
+    Args:
+        make: builds a fresh model.
+        data: features of every row used (labelled clips, and pseudo-labelled ones if any).
+        y: ``[N]`` class index of each row (-1 for rows without a real label).
+        fold_list: folds over the labelled rows; validation rows are only ever real labels.
+        classes: label set.
+        train: training config.
+        out: run directory for the checkpoints.
+        progress: show a progress bar per fold.
+        extra: per fold, ``(rows, labels)`` of pseudo-labelled rows added to that fold's training
+            set only (self-training); they never enter validation.
+        predict_rows: rows each trained fold model also predicts (the unlabelled pool).
+    """
     oof = np.full((len(data), len(classes)), np.nan, dtype=np.float32)
-    reports, histories, fold_meta = [], [], []
+    reports, histories, fold_meta, predicted = [], [], [], []
     t0 = time.perf_counter()
     for fold in fold_list:
-        result = _train_with_progress(make, data, y, fold, len(classes), train, progress, len(fold_list))
+        y_fold, train_rows = y, fold.train
+        if extra is not None:
+            rows, labels = extra[fold.index]
+            y_fold = y.copy()
+            y_fold[rows] = labels
+            train_rows = np.concatenate([fold.train, rows]).astype(np.int64)
+        result = _train_with_progress(make, data, y_fold, Fold(fold.index, train_rows, fold.val), len(classes),
+                                      train, progress, len(fold_list))
         oof[fold.val] = result.val_probs
         rep = classification_report([classes[i] for i in y[fold.val]],
                                     [classes[i] for i in result.val_probs.argmax(1)], classes)
         reports.append(rep)
         histories.append(result.history)
-        fold_meta.append({"fold": fold.index, "n_train": int(len(fold.train)), "n_val": int(len(fold.val)),
+        fold_meta.append({"fold": fold.index, "n_train": int(len(train_rows)), "n_val": int(len(fold.val)),
+                          "n_pseudo": int(len(train_rows) - len(fold.train)),
                           "best_epoch": result.best_epoch, "accuracy": rep["accuracy"], "waf": rep["waf"]})
         torch.save({"state_dict": result.state_dict, "norm": result.norm.state(), "fold": fold.index,
                     "val_names": [data.names[i] for i in fold.val]}, out / f"fold{fold.index}.pt")
+        if predict_rows is not None:
+            m = make()
+            m.load_state_dict(result.state_dict)
+            predicted.append(predict_probs(m.to(train.device), data, predict_rows, result.norm, train.device))
         log.info("fold %d: WAF %.4f acc %.4f (best epoch %d)", fold.index, rep["waf"], rep["accuracy"], result.best_epoch)
-    seconds = time.perf_counter() - t0
-    have = ~np.isnan(oof[:, 0])
-    overall = classification_report([classes[i] for i in y[have]], [classes[i] for i in oof[have].argmax(1)], classes)
-    metrics = {"model": model, "features": features, "folds": fold_meta, "fold_reports": reports,
-               "summary": summarize_folds(reports), "oof": overall, "train_seconds": seconds}
+    return FoldFits(oof, reports, histories, fold_meta, np.stack(predicted) if predicted else None,
+                    time.perf_counter() - t0)
+
+
+def write_run(out: Path, model: str, features: list[str], data: FusionData, y: np.ndarray, fits: FoldFits,
+              classes: list[str], extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``metrics.json``, ``oof_predictions.csv`` and the plots of a trained run; return the metrics."""
+    have = ~np.isnan(fits.oof[:, 0])
+    overall = classification_report([classes[i] for i in y[have]], [classes[i] for i in fits.oof[have].argmax(1)],
+                                    classes)
+    metrics = {"model": model, "features": features, "folds": fits.folds, "fold_reports": fits.reports,
+               "summary": summarize_folds(fits.reports), "oof": overall, "train_seconds": fits.seconds,
+               **(extra_metrics or {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_oof(out / "oof_predictions.csv", data, y, oof, classes, have)
-    _plots(out, overall, histories, classes, model)
+    _write_oof(out / "oof_predictions.csv", data, y, fits.oof, classes, have)
+    _plots(out, overall, fits.histories, classes, model)
     return metrics
 
 

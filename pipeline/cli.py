@@ -14,7 +14,7 @@ from .cli_store import app as store_app
 from .cli_extract import app as extract_app
 from .cli_finetune import app as finetune_app
 from .cli_fuse import app as fuse_app
-from .cli_todo import todo_commands
+from .cli_selftrain import selftrain_commands
 from .logs import setup_logging
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ app = typer.Typer(
 app.add_typer(extract_app, name="extract", help="Extract video, audio or text features into a store.")
 app.add_typer(finetune_app, name="finetune", help="Fine-tune an extractor's model on labelled clips (CLIP, text LMs).")
 app.add_typer(fuse_app, name="fuse", help="Train, evaluate and apply fusion models on stored features.")
-for _cmd in todo_commands.registered_commands:  # selftrain, vote: their issue has not landed yet
+for _cmd in selftrain_commands.registered_commands:  # selftrain, vote: in their own module
     fuse_app.registered_commands.append(_cmd)
 app.add_typer(store_app, name="store", help="Inspect, check, import and export feature stores.")
 app.add_typer(clips_app, name="clips", help="Build and check clip tables.")
@@ -52,14 +52,21 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point: expected errors print one clear line and exit 1."""
+    """Console-script entry point: expected errors print one clear line and exit 1.
+
+    ``ValueError`` covers bad options and inputs found deep in a library call (unknown class,
+    a pool clip never extracted ...); ``-vv`` also logs its traceback.
+    """
+    import logging
+
     from mer.extractors.base import ModelLoadError
     from mer.store.errors import StoreError
     from mer.store.tables import TableError
 
     try:
         app()
-    except (StoreError, TableError, ModelLoadError, OSError) as exc:
+    except (StoreError, TableError, ModelLoadError, OSError, ValueError) as exc:
+        logging.getLogger("mer").debug("traceback", exc_info=True)
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise SystemExit(1) from None
 

@@ -64,20 +64,27 @@ def train(
 
 @app.command()
 def predict(
-    run: Path = typer.Option(..., "--run", "-r", help="Run directory from `mer fuse train`."),
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory from `mer fuse train` (or selftrain: its best round)."),
     store: Path = typer.Option(..., "--store", "-s", help="Feature store with the run's sets."),
     names: Path = typer.Option(None, "--names", help="Clips to predict (CSV/TXT); default every clip in the sets."),
     out: Path = typer.Option(..., "--out", "-o", help="predictions.csv (name,discrete); probabilities beside it."),
+    prior_correction: str = typer.Option("none", "--prior-correction",
+                                         help="Label-shift correction of the posteriors: none, em, bbse, given."),
+    priors: str = typer.Option(None, "--priors", help="Known test priors for `given`: neutral=0.2,happy=0.3,..."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Ensemble of the run's fold models over stored features."""
-    from mer.fusion.predict import predict_run, write_predictions
+    """Ensemble of the run's fold models over stored features, optionally corrected for label shift."""
+    from mer.fusion.predict import predict_corrected, write_predictions
     from mer.store.tables import read_names
 
     clip_names = read_names(names) if names else None
-    got, probs, classes = predict_run(run, store, clip_names, device)
-    pred, prob = write_predictions(out, got, probs, classes)
+    got, fix = predict_corrected(run, store, clip_names, prior_correction, priors, device)
+    pred, prob = write_predictions(out, got, fix.probs, fix.classes)
     typer.echo(f"{len(got)} predictions -> {pred} (probabilities: {prob})")
+    if prior_correction != "none":
+        from .cli_selftrain import report_priors
+
+        report_priors(fix, out)
 
 
 @app.command("eval")
