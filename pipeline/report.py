@@ -10,6 +10,7 @@ from .stage import StageReport
 def print_report(report: StageReport, max_failures: int = 20) -> None:
     """Summary table (done, skipped, failed, rate) and the first failures with their reasons."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -20,6 +21,12 @@ def print_report(report: StageReport, max_failures: int = 20) -> None:
                   f"{report.seconds:.1f}", f"{report.clips_per_s:.2f}")
     console.print(table)
     for name, reason in list(report.failed.items())[:max_failures]:
-        console.print(f"[red]failed[/] clip {name}: {reason}")
+        console.print(f"[red]failed[/] clip {escape(name)}: {escape(reason)}")
     if len(report.failed) > max_failures:
         console.print(f"... and {len(report.failed) - max_failures} more (see `mer store info`)")
+    if report.truncated:
+        cut = list(report.truncated.items())
+        shown = ", ".join(f"{name} ({n} tokens dropped)" for name, n in cut[:max_failures])
+        more = f", ... ({len(cut)} in all)" if len(cut) > max_failures else ""
+        console.print(f"[yellow]truncated[/] {len(cut)} clips to the model's max length: {escape(shown)}{more}; "
+                      "recorded per clip as `truncated_tokens` (FeatureSet.read_extra)")

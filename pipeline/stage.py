@@ -100,6 +100,7 @@ class StageReport:
     done: int = 0  # extracted and written in this run
     skipped: int = 0  # already done before this run
     failed: dict[str, str] = field(default_factory=dict)  # clip -> reason, this run
+    truncated: dict[str, int] = field(default_factory=dict)  # clip -> tokens cut off (input over the model's max length)
     seconds: float = 0.0
 
     @property
@@ -225,6 +226,10 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                         extras["faces"] = float(item.faces)
                     writer.add(item.name, feats.values, times=feats.times, extras=extras)
                     report.done += 1
+                    if extras.get("truncated_tokens"):
+                        report.truncated[item.name] = int(extras["truncated_tokens"])
+                        log.info("%s: clip %s cut to the model's max length (%d tokens dropped)", fs.key,
+                                 item.name, report.truncated[item.name])
                 except ClipValueError as exc:
                     fail(item.name, exc.problem)
             if on_clip:
