@@ -14,19 +14,21 @@ puts this folder on ``sys.path``); ``tests/conftest.py`` stays the one conftest.
 
 from __future__ import annotations
 
+import atexit
 import csv
+import functools
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-
 from conftest import mer_cli
 
 SR = 16000
@@ -42,7 +44,7 @@ def env(**extra: str) -> dict[str, str]:
 def mer(*args: object, preexec_fn: Callable[[], Any] | None = None, cwd: Path | None = None,
         timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run the installed ``mer`` console script."""
-    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False,
                           env=env(), preexec_fn=preexec_fn, cwd=cwd)
 
 
@@ -154,22 +156,24 @@ def feature_table(path: Path, names: list[str], dim: int = 32, seed: int = 0) ->
 
 
 # ---- tiny models ----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Callable[[str], Path]:
-    """``tiny("hubert")`` -> folder of a tiny random model of the real architecture (built once)."""
+_TINY_ROOT: list[Path] = []
+
+
+@functools.cache
+def tiny(name: str) -> Path:
+    """Folder of a tiny random model of a real architecture, built once per test session.
+
+    ``name`` is ``hubert``, ``bert`` or ``hfclip``, optionally ``kind:seed`` for other weights; the
+    folder is called ``kind`` whatever the seed, since the default set key is made from it.
+    """
     import tiny_models
 
-    root = tmp_path_factory.mktemp("tiny")
-    built: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in built:
-            kind, _, seed = name.partition(":")
-            d = root / name.replace(":", "-") / kind  # the folder name is what the set key uses
-            d.mkdir(parents=True)
-            build = {"hubert": tiny_models.build_hubert, "bert": tiny_models.build_bert,
-                     "hfclip": tiny_models.build_hf_clip}[kind]
-            built[name] = build(d, seed=int(seed)) if seed else build(d)
-        return built[name]
-
-    return get
+    if not _TINY_ROOT:
+        _TINY_ROOT.append(Path(tempfile.mkdtemp(prefix="mer-faults-tiny-")))
+        atexit.register(shutil.rmtree, _TINY_ROOT[0], True)
+    kind, _, seed = name.partition(":")
+    d = _TINY_ROOT[0] / name.replace(":", "-") / kind
+    d.mkdir(parents=True)
+    build = {"hubert": tiny_models.build_hubert, "bert": tiny_models.build_bert,
+             "hfclip": tiny_models.build_hf_clip}[kind]
+    return build(d, seed=int(seed)) if seed else build(d)

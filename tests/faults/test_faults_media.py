@@ -12,8 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from faultkit import SR, assert_failures, flat, mer, report_counts, tiny, tone, write_table, write_wav  # noqa: F401
+from faultkit import (
+    SR,
+    assert_failures,
+    flat,
+    mer,
+    report_counts,
+    tiny,
+    tone,
+    write_table,
+    write_wav,
+)
 from media import write_av
 from mer.store import FeatureStore
 
@@ -26,7 +35,7 @@ def _cut(src: Path, dst: Path, fraction: float = 0.3) -> Path:
     return dst
 
 
-def test_case1_corrupt_truncated_empty_video(tmp_path, tiny):
+def test_case1_corrupt_truncated_empty_video(tmp_path):
     """Random bytes named .mp4, an mp4 cut before its index, a zero-byte file, a missing path:
     each fails with its own reason; an mp4 cut after its index keeps the frames before the cut."""
     m = tmp_path / "media"
@@ -62,7 +71,7 @@ def test_case1_corrupt_truncated_empty_video(tmp_path, tiny):
     assert "clip 'trunc_fs':" in flat(res) and "PyAV decoded" in flat(res)
 
 
-def test_case2_3_audio_no_track_short_silent_long(tmp_path, tiny):
+def test_case2_3_audio_no_track_short_silent_long(tmp_path):
     """A video without an audio track, audio shorter than the encoder's receptive field, silence,
     25 s of audio (three 10 s windows), plus corrupt / empty / missing audio files."""
     from mer.extractors.base import AudioClip

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from faultkit import assert_check_passes, assert_failures, flat, mer, ok, report_counts, tiny, write_table  # noqa: F401
+from faultkit import (
+    assert_check_passes,
+    assert_failures,
+    flat,
+    mer,
+    ok,
+    report_counts,
+    tiny,
+    write_table,
+)
 from mer.store import FeatureStore
 
 pytest.importorskip("transformers")
@@ -19,7 +27,7 @@ pytest.importorskip("transformers")
 KEY = "text/hf-text-bert-utt"
 
 
-def test_case4_empty_and_long_subtitles(tmp_path, tiny):
+def test_case4_empty_and_long_subtitles(tmp_path):
     from mer.extractors.base import TextClip
     from mer.extractors.hf_text import HFTextConfig, HFTextExtractor
 
@@ -55,7 +63,7 @@ def test_case4_empty_and_long_subtitles(tmp_path, tiny):
     assert report_counts(again) == (5, 0, 3, 2)
 
 
-def test_case4_non_utf8_subtitle_refused_by_line_and_clip(tmp_path, tiny):
+def test_case4_non_utf8_subtitle_refused_by_line_and_clip(tmp_path):
     """Latin-1 bytes in one subtitle: the whole table is suspect (another encoding can also form
     valid but wrong UTF-8 elsewhere), so nothing runs and the message points at the first bad cell."""
     model = tiny("bert")
