@@ -96,8 +96,9 @@ FINETUNE_RECORD = "mer_finetune.json"  # written by ``mer finetune`` into the mo
 def read_finetune_record(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     """The fine-tuning record of a model directory (or of the directory holding a weights file).
 
-    Returns ``mer_finetune.json`` without its ``trained_on.names`` list (the count and hash stay),
-    so that it fits in a feature set's attributes; ``None`` when there is no record or it is unreadable.
+    Returns ``mer_finetune.json`` without its clip-name lists (``trained_on.names`` and the like: the
+    counts and hashes stay) and with ``skipped`` reduced to a count, so that it fits in a feature
+    set's attributes; ``None`` when there is no record or it is unreadable.
     """
     if path is None:
         return None
@@ -110,9 +111,11 @@ def read_finetune_record(path: str | os.PathLike[str] | None) -> dict[str, Any] 
     except (OSError, ValueError) as exc:
         log.warning("unreadable fine-tune record %s: %s", record, exc)
         return None
-    trained = data.get("trained_on")
-    if isinstance(trained, dict):
-        data["trained_on"] = {k: v for k, v in trained.items() if k != "names"}
+    for key, value in list(data.items()):
+        if isinstance(value, dict) and "names" in value:
+            data[key] = {k: v for k, v in value.items() if k != "names"}
+    if isinstance(data.get("skipped"), dict):
+        data["skipped"] = {"count": len(data["skipped"])}
     return data
 
 
