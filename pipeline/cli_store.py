@@ -29,6 +29,7 @@ def _human(n: int) -> str:
 def print_info(store_path: Path) -> int:
     """Print the table of ``mer store info``; returns the number of sets."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mer.store import FeatureStore
@@ -55,7 +56,7 @@ def print_info(store_path: Path) -> int:
                           f"on {trained.get('count', '?')} clips ({str(trained.get('sha256', ''))[:12]}), "
                           f"classes {','.join(ft.get('classes') or [])}")
         for name, reason in list(r["failed"].items())[:10]:
-            console.print(f"[yellow]{r['set']}[/]: clip {name} failed: {reason}")
+            console.print(f"[yellow]{r['set']}[/]: clip {escape(name)} failed: {escape(reason)}")
         if r["failures"] > 10:
             console.print(f"[yellow]{r['set']}[/]: ... and {r['failures'] - 10} more failures")
     return len(rows)
@@ -80,7 +81,7 @@ def info(
 def check(
     store: Path = typer.Argument(..., help="Feature store directory."),
     fix: bool = typer.Option(False, "--fix", help="Consolidate pending segments, cut unfinished appends, "
-                             "un-mark clips whose data is missing so a rerun redoes them."),
+                             "un-mark clips whose data is missing so a rerun redoes them (= `mer store repair`)."),
     sets: list[str] = typer.Option(None, "--set", help="Only these sets (repeatable)."),
 ) -> None:
     """Verify ledger against data (lengths, offsets, names, NaN/Inf); exit 1 when problems remain."""
@@ -93,6 +94,45 @@ def check(
     left = [p for p in problems if not p.fixed]
     typer.echo(f"{len(problems)} problems found, {len(problems) - len(left)} fixed, {len(left)} remaining")
     raise typer.Exit(1 if left else 0)
+
+
+@app.command()
+def repair(
+    store: Path = typer.Argument(..., help="Feature store directory."),
+    sets: list[str] = typer.Option(None, "--set", help="Only these sets (repeatable)."),
+) -> None:
+    """Make the ledger match the data: merge pending segments, cut unfinished appends, and drop every
+    clip whose data is missing (lost array or chunk, NaN/Inf vectors) so a rerun redoes it.
+
+    Exit 0 when the store checks clean afterwards, 1 when problems remain that need a person.
+    """
+    from mer.store import FeatureStore
+    from mer.store.check import check_store
+
+    FeatureStore(store, mode="r")  # a missing store is an error, not an empty new one
+    fs = FeatureStore(store, mode="a")
+    before = {key: _names_or_none(fs, key) for key in (sets or fs.sets())}
+    problems = check_store(fs, sets or None, repair=True)
+    for p in problems:
+        typer.secho(str(p), fg="green" if p.fixed else "red", err=True)
+    for key, names in before.items():
+        dropped = sorted(names - set(fs[key].names()))
+        if dropped:
+            shown = ", ".join(dropped[:20]) + (f", ... ({len(dropped)} in all)" if len(dropped) > 20 else "")
+            typer.echo(f"{key}: dropped {len(dropped)} clips whose data was missing (a rerun redoes them): {shown}")
+    left = check_store(FeatureStore(store, mode="r"), sets or None)
+    for p in left:
+        typer.secho(f"still wrong: {p}", fg="red", err=True)
+    typer.echo(f"{len(problems)} problems found, {sum(p.fixed for p in problems)} fixed, {len(left)} remaining")
+    raise typer.Exit(1 if left else 0)
+
+
+def _names_or_none(store, key: str) -> set[str]:
+    """Committed clips of a set; empty when its names array itself is gone."""
+    try:
+        return set(store[key].names())
+    except (KeyError, FileNotFoundError):
+        return set()
 
 
 def _report(reports: list) -> None:

@@ -3,8 +3,10 @@
 ``check_store`` compares each set's ledger with its data: array lengths against the committed
 counts, offsets, names (empty, duplicated), NaN/Inf or missing chunks (values use a NaN fill, so a
 lost chunk reads as NaN), ledger failures that contradict done clips, and write-ahead segments
-left behind by a process that died. ``repair=True`` consolidates pending segments, cuts
-uncommitted tails, and blanks rows whose data is missing or not finite so a rerun redoes them.
+left behind by a process that died. ``repair=True`` (``mer store repair``) consolidates pending
+segments, cuts uncommitted tails, and drops from the ledger every clip whose data is missing (a lost
+array, arrays shorter than the ledger, a lost chunk of names, vectors that read as NaN/Inf), so a
+rerun redoes exactly those clips; the data of every other clip is left as it is.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def check_store(store: FeatureStore, keys: list[str] | None = None, *, repair: b
 def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
     """Check one feature set; see the module docstring."""
     out: list[Problem] = []
+    if repair:
+        with locked(fs.path, what=f"feature set {fs.key!r}"):
+            out.extend(_check_structure(fs, repair=True))
+    else:
+        found = _check_structure(fs, repair=False)
+        if found:  # the other checks would index arrays that are not there
+            return found
     pending = list_segments(fs.pending_dir)
     if pending:
         merged = fs.consolidate() if repair else 0
@@ -62,6 +71,92 @@ def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
     else:
         out.extend(_check_arrays(fs, repair=False))
     return out
+
+
+def _required(level: str) -> tuple[str, ...]:
+    return ("names", "values") if level == "utt" else ("names", "values", "offsets", "times")
+
+
+def _check_structure(fs: FeatureSet, *, repair: bool) -> list[Problem]:
+    """Arrays missing, or shorter than the ledger's counts: the data of (some) committed clips is gone.
+
+    ``repair`` drops those clips from the ledger: with an array missing, the set's arrays are made
+    anew and empty (provenance and failures kept); with arrays cut short, the counts shrink to the
+    clips whose data is all there. Either way a rerun redoes exactly the dropped clips.
+    """
+    group = fs.group(mode="r+" if repair else "r")
+    meta = dict(group.attrs[ATTR])
+    n, f, level = int(meta["n_rows"]), int(meta["n_frames"]), meta["level"]
+    missing = [a for a in _required(level) if a not in group]
+    if missing:
+        names = [] if "names" in missing else [str(x) for x in group["names"][:n] if x != ""]
+        problem = (f"array {', '.join(missing)} missing: the data of all {len(names) if names else n} "
+                   "committed clips is lost")
+        if repair:
+            _reset_arrays(fs, group, meta)
+            problem += "; dropped from the ledger so a rerun redoes them"
+        return [Problem(fs.key, problem, fixed=repair)]
+
+    have_rows = group["names"].shape[0]
+    if level == "utt":
+        have_rows = min(have_rows, group["values"].shape[0])
+    else:
+        have_rows = min(have_rows, group["offsets"].shape[0] - 1)
+    if have_rows >= n and (level == "utt" or min(group["values"].shape[0], group["times"].shape[0]) >= f):
+        return []
+    if not repair:
+        short = [f"{a} has {group[a].shape[0]} rows" for a in _required(level)]
+        return [Problem(fs.key, f"{', '.join(short)} but the ledger commits {n} clips"
+                        + (f" / {f} frames" if level == "frame" else "") + ": data lost")]
+    keep = max(0, have_rows)
+    if level == "frame":  # keep the clips whose frames are all there
+        frames = min(group["values"].shape[0], group["times"].shape[0])
+        offsets = group["offsets"][: keep + 1]
+        if offsets[0] != 0:
+            keep = 0
+        else:
+            falls = np.flatnonzero(np.diff(offsets) < 0)  # offsets beyond a fall are garbage
+            if len(falls):
+                keep = int(falls[0])
+            keep = int(np.searchsorted(offsets[: keep + 1], frames, side="right")) - 1
+        f = int(offsets[keep]) if keep > 0 else 0
+    dropped = [str(x) for x in group["names"][keep:min(n, group["names"].shape[0])] if x != ""]
+    names = group["names"][:keep]
+    meta.update(n_rows=keep, n_frames=f, n_superseded=int((names == "").sum()))
+    _truncate_to_ledger(group, meta)
+    group.attrs[ATTR] = meta
+    shown = ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else "")
+    return [Problem(fs.key, f"arrays shorter than the ledger: {n - keep} committed clips have no data "
+                    f"({shown or 'names lost too'}); dropped from the ledger so a rerun redoes them", fixed=True)]
+
+
+def _truncate_to_ledger(group, meta: dict) -> None:
+    """Cut every array to the ledger's counts (per-clip extras shorter than that grow with NaN)."""
+    n, f = int(meta["n_rows"]), int(meta["n_frames"])
+    sizes = {"names": n, "values": n} if meta["level"] == "utt" else {
+        "names": n, "offsets": n + 1, "values": f, "times": f}
+    sizes.update({f"clip_{k}": n for k in meta.get("extras", []) if f"clip_{k}" in group})
+    for name, size in sizes.items():
+        arr = group[name]
+        if arr.shape[0] != size:
+            arr.resize((size,) + arr.shape[1:])
+
+
+def _reset_arrays(fs: FeatureSet, group, meta: dict) -> None:
+    """Make the set's arrays anew and empty; keep provenance and the failures of clips not done."""
+    import shutil
+
+    from .layout import create_arrays
+
+    for child in list(fs.path.iterdir()):
+        if child.is_dir() and not child.name.startswith(("_", ".")):
+            shutil.rmtree(child)
+    group = fs.group(mode="r+")
+    create_arrays(group, meta["level"], int(meta["dim"]), meta["dtype"])
+    if meta["level"] == "frame":
+        group["offsets"][0] = 0
+    meta.update(n_rows=0, n_frames=0, n_superseded=0, extras=[], last_consolidation=[])
+    group.attrs[ATTR] = meta
 
 
 def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
@@ -80,6 +175,14 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
     for key in meta.get("extras", []):
         if f"clip_{key}" in group:
             lengths[f"clip_{key}"] = (group[f"clip_{key}"].shape[0], n)
+    for arr_name, (have, want) in list(lengths.items()):
+        if arr_name.startswith("clip_") and have < want:  # per-clip numbers lost: they read as "not recorded"
+            out.append(Problem(fs.key, f"{arr_name} has {have} rows, the ledger {want}: per-clip numbers of "
+                               f"{want - have} clips lost" + (" (now NaN: not recorded)" if repair else ""),
+                               fixed=repair))
+            if repair:
+                group[arr_name].resize((want,))
+            del lengths[arr_name]
     for arr_name, (have, want) in lengths.items():
         if have > want:
             out.append(Problem(fs.key, f"{arr_name} has {have - want} uncommitted rows beyond the ledger "
@@ -96,7 +199,13 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
     names = names_arr[:n]
     blank = int((names == "").sum())
     if blank != int(meta.get("n_superseded", 0)):
-        out.append(Problem(fs.key, f"{blank} rows without a name, ledger expects {meta.get('n_superseded', 0)}"))
+        lost = blank - int(meta.get("n_superseded", 0))
+        out.append(Problem(fs.key, f"{blank} rows without a name, ledger expects {meta.get('n_superseded', 0)}"
+                           + (f" (names lost: {lost} clips dropped from the ledger so a rerun redoes them)"
+                              if repair else ""), fixed=repair))
+        if repair:
+            meta["n_superseded"] = blank
+            group.attrs[ATTR] = meta
     uniq, counts = np.unique(names[names != ""], return_counts=True)
     for dup in uniq[counts > 1]:
         out.append(Problem(fs.key, f"clip appears {int(counts[uniq == dup][0])} times", clip=str(dup)))
