@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from faultkit import (
     assert_check_passes,
     assert_failures,

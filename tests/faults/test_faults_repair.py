@@ -14,8 +14,15 @@ import shutil
 
 import numpy as np
 import pytest
-
-from faultkit import assert_check_passes, feature_table, flat, mer, ok, report_counts, write_table
+from faultkit import (
+    assert_check_passes,
+    feature_table,
+    flat,
+    mer,
+    ok,
+    report_counts,
+    write_table,
+)
 from mer.store import FeatureStore
 
 KEY = "audio/feats"
@@ -57,7 +64,7 @@ def _lose_values_array(fs):
 
 
 @pytest.mark.parametrize("damage, found, dropped", [
-    (_lose_values_chunk, f"clip 'c000': vectors missing or NaN/Inf", N),
+    (_lose_values_chunk, "clip 'c000': vectors missing or NaN/Inf", N),
     (_cut_arrays, f"values has 25 rows but the ledger commits {N} clips: data lost", N - 25),
     (_lose_names_chunk, f"{N} rows without a name, ledger expects 0", N),
     (_lose_values_array, f"array values missing: the data of all {N} committed clips is lost", N),
