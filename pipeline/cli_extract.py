@@ -42,6 +42,8 @@ LIMIT = typer.Option(None, "--limit", help="Only the first N selected clips.")
 WORKERS = typer.Option(0, "--workers", help="Run on a local dask.distributed cluster of N worker processes.")
 SCHEDULER = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler.")
 OPTION = typer.Option(None, "--option", "-O", help="Extractor option key=value (repeatable), e.g. -O layers=last4.")
+FLUSH = typer.Option(256, "--flush-rows", min=1, help="Commit every N clips (or every 5 s): a killed run loses "
+                     "at most that much work.")
 
 
 def _choice(modality: str) -> Any:
@@ -98,7 +100,7 @@ def _typed(pair: str, raw: str, annotation: str) -> Any:
 def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | None, level: str,
          batch_size: int | None, device: str, dtype: str, store_dtype: str, set_name: str | None,
          only: Path | None, force: bool, limit: int | None, workers: int, scheduler: str | None,
-         options: list[str] | None, decode: Any) -> None:
+         options: list[str] | None, decode: Any, flush_rows: int = 256) -> None:
     from .report import print_report
     from .stage import StageSpec, run_stage
 
@@ -109,7 +111,7 @@ def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | N
     if batch_size:
         config["batch_size"] = batch_size
     spec = StageSpec(modality=modality, clips=clips, store=store, extractor=extractor, config=config,
-                     key=set_name, store_dtype=store_dtype, decode=decode)
+                     key=set_name, store_dtype=store_dtype, decode=decode, flush_rows=flush_rows)
     report = run_stage(spec, only=only, limit=limit, force=force, workers=workers, scheduler=scheduler)
     print_report(report)
     raise typer.Exit(1 if report.failed else 0)
@@ -121,6 +123,7 @@ def audio(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
+    flush_rows: int = FLUSH,
     sample_rate: int = typer.Option(16000, help="Decode to this rate (mono float32)."),
     max_seconds: float = typer.Option(None, help="Keep at most this many seconds of each clip."),
 ) -> None:
@@ -130,7 +133,7 @@ def audio(
 
     decode = DecodeSettings(audio=AudioDecodeConfig(sample_rate=sample_rate, max_seconds=max_seconds))
     _run("audio", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, decode)
+         force, limit, workers, scheduler, option, decode, flush_rows)
 
 
 @app.command()
@@ -139,6 +142,7 @@ def video(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
+    flush_rows: int = FLUSH,
     fps: float = typer.Option(2.0, help="Frames sampled per second."),
     num_frames: int = typer.Option(None, help="Instead of --fps: this many frames evenly spaced per clip."),
     size: int = typer.Option(None, help="Resize frames so the shorter side has this many pixels."),
@@ -152,7 +156,7 @@ def video(
     decode = DecodeSettings(video=VideoDecodeConfig(fps=fps, num_frames=num_frames, size=size, faces=faces,
                                                     face_size=face_size))
     _run("video", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, decode)
+         force, limit, workers, scheduler, option, decode, flush_rows)
 
 
 @app.command()
@@ -161,10 +165,12 @@ def text(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
+    flush_rows: int = FLUSH,
     text_column: str = typer.Option("text", "--text-column", help="Subtitle column: text, english, chinese ..."),
 ) -> None:
     """Subtitle features from a text column of the clip table."""
     from .inputs import DecodeSettings
 
     _run("text", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, DecodeSettings(text_column=text_column))
+         force, limit, workers, scheduler, option, DecodeSettings(text_column=text_column),
+         flush_rows)
