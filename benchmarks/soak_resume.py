@@ -5,11 +5,12 @@
 temporary folder and loaded by path; ``OMP_NUM_THREADS=1``), committing every ``--flush-rows``
 clips. First one uninterrupted run makes the reference store and measures the command's start-up
 time and extraction rate. Then the same command runs into a second store ``--kills`` times, each time killed with
-SIGKILL at a random moment: a quarter of the kills (``--early``) at U(0.1, 1) times the start-up
-time (while Python, torch and the model load, or the previous run's write-ahead segments are
-merged); the others after the run has committed new work, U(0, 2) times the time for a
-``1 / (kills left + 1)`` share of the clips still to do later (mid-extraction, mid-segment-write,
-mid-merge), so the kills spread over the whole job. A last run finishes the rest.
+SIGKILL: a quarter of the kills (``--early``) at U(0.1, 0.9) times the shortest start-up seen so
+far (while Python, torch and the model load, or the previous run's write-ahead segments merge);
+the others during extraction, once the run has committed about U(0, 2) times a
+``1 / (kills left + 1)`` share of the clips still to do, plus U(0, 1) times the time of one
+segment, so that kills fall anywhere in a flush cycle (mid-forward, mid-segment-write, mid-merge)
+and spread over the whole job. A last run finishes the rest.
 
 Then the check: every clip of the table present exactly once, no clip unknown to the table, no
 failure recorded, nothing left pending, ``check_store`` clean, and the vectors equal to the
@@ -159,20 +160,26 @@ def main() -> None:
         cmd = mer_command(table, soak, model, args.flush_rows, args.batch)
         landed = 0
         phases: dict[str, int] = {}
+        startups = [startup]  # seconds from launch to extracting, as observed run by run
         t_soak = time.perf_counter()
         for k in range(args.kills):
             done, _ = done_count(soak)
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t_start = time.perf_counter()
             if rng.random() < args.early:  # while Python, torch and the model load, or segments merge
-                phase, delay = "start-up", startup * rng.uniform(0.1, 1.0)
+                phase, delay = "start-up", min(startups) * rng.uniform(0.1, 0.9)
                 finished = _wait(proc, delay)
-            else:  # once this run has committed work: a random moment of its extraction
+            else:  # a random moment of extraction, after about a U(0, 2) share of the clips left
+                phase = "extraction"
                 share = (args.n - done) / (args.kills - k + 1)
-                phase, delay = "extraction", rng.uniform(0, 2) * share / rate
+                target = done + max(1, int(rng.uniform(0, 2) * share))
                 while proc.poll() is None and done_count(soak)[0] <= done:
                     time.sleep(0.02)
-                finished = _wait(proc, delay)
+                startups.append(time.perf_counter() - t_start - args.flush_rows / rate)
+                while proc.poll() is None and done_count(soak)[0] < target:
+                    time.sleep(0.02)
+                # then up to one more segment's worth of time, so kills fall anywhere in a flush cycle
+                finished = _wait(proc, rng.uniform(0, args.flush_rows / rate))
             if not finished:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
