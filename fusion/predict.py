@@ -59,7 +59,17 @@ def run_oof(run_dir: Path) -> OutOfFold:
     path = run_dir / "oof_predictions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no oof_predictions.csv; prior correction needs it")
-    return read_oof(path, config["classes"], bool(config["train"].get("class_weights", False)))
+    oof = read_oof(path, config["classes"], bool(config["train"].get("class_weights", False)))
+    position = {n: i for i, n in enumerate(oof.names)}
+    fold = np.full(len(oof.names), -1, dtype=np.int64)
+    for ckpt in sorted(run_dir.glob("fold*.pt"), key=lambda p: int(p.stem[4:])):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        for name in state.get("val_names", []):
+            if name in position:
+                fold[position[name]] = int(state["fold"])
+    if (fold >= 0).all():
+        oof.fold = fold
+    return oof
 
 
 def check_store_matches(config: dict[str, Any], store: FeatureStore) -> None:
@@ -117,12 +127,12 @@ def predict_corrected(run_dir: Path, store_path: Path, names: list[str] | None =
     The priors are estimated from the predictions on ``names`` themselves (``em``, ``bbse``) or taken
     from ``priors`` (``given``, ``"class=value,..."``).
     """
-    got, probs, classes = predict_run(run_dir, store_path, names, device)
-    oof = run_oof(run_dir)
-    given = parse_priors(priors, classes) if method == "given" else None
     if priors and method != "given":
         raise ValueError("--priors goes with --prior-correction given")
-    return got, correct(probs, method, oof, given)
+    got, per_fold, classes = fold_probs(run_dir, store_path, names, device)
+    oof = run_oof(run_dir)
+    given = parse_priors(priors, classes) if method == "given" else None
+    return got, correct(per_fold.mean(0), method, oof, given, fold_probs=per_fold)
 
 
 def write_predictions(path: Path, names: list[str], probs: np.ndarray | None, classes: list[str],

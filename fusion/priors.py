@@ -211,6 +211,12 @@ class OutOfFold:
     classes: list[str]
     model_priors: np.ndarray | None = None  # priors the models learnt, when not the label frequencies
     # (a run trained with class_weights learns uniform priors)
+    fold: np.ndarray | None = None  # [M] the fold whose model predicted each row (its validation fold)
+
+    def subset(self, rows: np.ndarray) -> OutOfFold:
+        """The rows ``rows`` only (one fold's validation predictions), same learnt priors."""
+        return OutOfFold([self.names[i] for i in rows], self.y[rows], self.probs[rows], self.classes,
+                         self.priors, None)
 
     @property
     def priors(self) -> np.ndarray:
@@ -266,8 +272,18 @@ def _freq(pred: np.ndarray | None, n: int, classes: list[str]) -> dict[str, floa
     return {c: round(float(p), 6) for c, p in zip(classes, f)}
 
 
+def _estimate(probs: np.ndarray, method: str, oof: OutOfFold, calibrate: bool) -> tuple[np.ndarray, dict]:
+    """Priors of the rows of ``probs`` (one model's posteriors) from that model's held-out predictions."""
+    train = oof.priors
+    if method == "em":
+        calib = fit_calibration(oof.probs, oof.y) if calibrate and len(oof.y) else Calibration()
+        priors, iterations = em_priors(calib(probs), train)
+        return priors, {"temperature": round(calib.temperature, 4), "iterations": iterations}
+    return bbse_priors(oof.probs.argmax(1), oof.y, probs.argmax(1), len(oof.classes)), {}
+
+
 def correct(probs: np.ndarray, method: str, oof: OutOfFold, given: np.ndarray | None = None,
-            calibrate: bool = True) -> PriorCorrection:
+            calibrate: bool = True, fold_probs: np.ndarray | None = None) -> PriorCorrection:
     """Estimate the priors of the rows of ``probs`` with ``method`` and re-weight them.
 
     Args:
@@ -275,10 +291,15 @@ def correct(probs: np.ndarray, method: str, oof: OutOfFold, given: np.ndarray | 
         method: ``none``, ``em``, ``bbse`` or ``given``.
         oof: the run's out-of-fold predictions (training priors, calibration, BBSE confusion).
         given: ``[C]`` priors for ``method="given"``.
-        calibrate: EM only: calibrate the posteriors on the out-of-fold predictions
-            (bias-corrected temperature scaling) before estimating, as EM assumes calibrated
-            posteriors. The re-weighting itself applies to the posteriors as given, so that
-            target priors equal to the training priors change no prediction.
+        calibrate: EM only: calibrate the posteriors on held-out predictions (bias-corrected
+            temperature scaling) before estimating, as EM assumes calibrated posteriors. The
+            re-weighting itself applies to the posteriors as given, so that target priors equal
+            to the training priors change no prediction.
+        fold_probs: ``[K, N, C]`` each fold model's posteriors. With them (and ``oof.fold``), each
+            fold model's priors are estimated from its own validation predictions — the confusion
+            matrix and calibration then describe the very model whose outputs they correct — and
+            the K estimates are averaged (their spread is reported). Without them the ensemble's
+            posteriors are treated as one model described by the pooled out-of-fold predictions.
 
     Returns:
         A :class:`PriorCorrection`; with ``none`` the posteriors are returned unchanged.
@@ -290,15 +311,22 @@ def correct(probs: np.ndarray, method: str, oof: OutOfFold, given: np.ndarray | 
     details: dict = {"n": int(len(probs)), "pred_before": probs.argmax(1)}
     if method == "none":
         return PriorCorrection(method, oof.classes, train, train.copy(), probs, details)
-    if method == "em":
-        calib = fit_calibration(oof.probs, oof.y) if calibrate and len(oof.y) else Calibration()
-        details["temperature"] = round(calib.temperature, 4)
-        priors, iterations = em_priors(calib(probs), train)
-        details["iterations"] = iterations
-    elif method == "bbse":
-        priors = bbse_priors(oof.probs.argmax(1), oof.y, probs.argmax(1), len(oof.classes))
-    else:
+    if method == "given":
         if given is None:
             raise ValueError("prior correction 'given' needs priors (--priors class=value,...)")
         priors = _normalise(given)
+    elif fold_probs is not None and oof.fold is not None and len(fold_probs) == len(np.unique(oof.fold)):
+        folds = np.unique(oof.fold)
+        estimates = []
+        for k, fp in zip(folds, fold_probs):
+            est, info = _estimate(np.asarray(fp, np.float64), method, oof.subset(np.flatnonzero(oof.fold == k)),
+                                  calibrate)
+            estimates.append(est)
+        priors = _normalise(np.mean(estimates, axis=0))
+        details["per_fold"] = True
+        details["fold_std"] = {c: round(float(v), 4) for c, v in zip(oof.classes, np.std(estimates, axis=0))}
+    else:
+        priors, info = _estimate(probs, method, oof, calibrate)
+        details.update(info)
+        details["per_fold"] = False
     return PriorCorrection(method, oof.classes, train, priors, adjust_posteriors(probs, train, priors), details)

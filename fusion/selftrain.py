@@ -138,7 +138,7 @@ def _pool_posteriors(per_fold: np.ndarray, run_dir: Path, method: str) -> tuple[
     """Optionally correct every fold's pool posteriors for label shift (priors from the ensemble)."""
     if method == "none":
         return per_fold, {}
-    fix = correct(per_fold.mean(0), method, run_oof(run_dir))
+    fix = correct(per_fold.mean(0), method, run_oof(run_dir), fold_probs=per_fold)
     out = np.stack([adjust_posteriors(p, fix.train_priors, fix.priors) for p in per_fold])
     return out, {"pool_priors": {c: round(float(p), 4) for c, p in zip(fix.classes, fix.priors)}}
 

@@ -74,14 +74,6 @@ def test_no_args_shows_help() -> None:
     assert "Usage: mer" in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("args", [("fuse", "selftrain"), ("fuse", "vote", "a.csv", "b.csv")])
-def test_unimplemented_commands_exit_2(args: tuple[str, ...]) -> None:
-    res = mer(*args)
-    assert res.returncode == 2
-    assert f"`mer {args[0]} {args[1]}` is not yet implemented" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
 # ---- clips ----------------------------------------------------------------------------------
 
 def test_clips_scan_and_check(tmp_path: Path) -> None:

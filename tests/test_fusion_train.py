@@ -25,23 +25,6 @@ CHANCE = 1 / 8
 FAST = TrainConfig(epochs=25, patience=8, batch_size=32, seed=0)
 
 
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> Path:
-    """The demo's three extraction stages on the bundled sample (~40 s, once per module)."""
-    from mer.pipeline.clips import labels_from_table, scan_dataset
-    from mer.pipeline.demo import demo_stages
-    from mer.pipeline.stage import run_stage
-    from mer.store.tables import write_clip_table
-
-    root = tmp_path_factory.mktemp("fusion")
-    table = scan_dataset(SAMPLE)
-    clips = write_clip_table(table, root / "clips.csv")
-    labels_from_table(table, "emotion", root / "labels.csv")
-    for spec in demo_stages(SAMPLE, clips, root / "features.zarr", whisper_seconds=0.0):
-        assert not run_stage(spec, progress=False).failed
-    return root
-
-
 def _train(root: Path, out: Path, model: str, feats: list[str], **kw):
     return train_run(root / "features.zarr", feats, root / "labels.csv", out, model=model, train=FAST, folds=3,
                      clips_csv=root / "clips.csv", group_col="speaker", progress=False, **kw)
