@@ -105,3 +105,31 @@ def test_repair_of_a_clean_store_changes_nothing(tmp_path, pristine):
     assert sorted(FeatureStore(store)[KEY].names()) == sorted(vecs)
     res = mer("store", "repair", tmp_path / "nowhere.zarr")
     assert res.returncode == 1 and "does not exist" in res.stderr and not (tmp_path / "nowhere.zarr").exists()
+
+
+def test_repair_frame_level_keeps_the_clips_whose_frames_are_all_there(store, prov):
+    """Frame-level set: values cut mid-clip; the clips before the cut stay, the rest are dropped."""
+    import zarr
+
+    fs = store.create("video/frames", level="frame", dim=4, provenance=prov(), dtype="float32")
+    clips = {f"v{i}": np.full((5, 4), i, np.float32) + np.arange(5, dtype=np.float32)[:, None] for i in range(10)}
+    with fs.writer() as w:
+        for name, x in clips.items():
+            w.add(name, x, times=np.arange(5) * 0.5)
+    g = zarr.open_group(str(fs.path), mode="r+")
+    g["values"].resize((23, 4))  # clip v4 owns frames 20-24: cut inside it
+    res = mer("store", "check", store.path)
+    assert res.returncode == 1 and "values has 23 rows" in flat(res) and "/ 50 frames: data lost" in flat(res)
+    res = ok(mer("store", "repair", store.path))
+    assert "video/frames: dropped 6 clips whose data was missing (a rerun redoes them): v4, v5, v6, v7, v8, v9" in flat(res)
+    assert_check_passes(store.path)
+    fs = store["video/frames"]
+    assert fs.names() == ["v0", "v1", "v2", "v3"] and fs.meta()["n_frames"] == 20
+    for name, x in zip(fs.names(), fs.read(fs.names())):
+        np.testing.assert_array_equal(x, clips[name])
+    with fs.writer() as w:  # the rerun redoes the dropped clips
+        for name in sorted(set(clips) - fs.done_names()):
+            w.add(name, clips[name], times=np.arange(5) * 0.5)
+    assert sorted(fs.names()) == sorted(clips)
+    np.testing.assert_array_equal(fs.read(["v7"])[0], clips["v7"])
+    assert_check_passes(store.path)
