@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from mer.store.tables import ClipTable, TableError, read_labels, read_names
 
 log = logging.getLogger(__name__)
@@ -160,13 +159,28 @@ def _stratified_sample(names: list[str], y: np.ndarray, fraction: float, seed: i
     return [n for i, n in enumerate(names) if i in chosen]
 
 
-def batches(names: list[str], batch_size: int, *, shuffle: bool, seed: int) -> list[list[str]]:
-    """``names`` cut into batches, shuffled with ``seed`` when asked."""
+def batches(names: list[str], batch_size: int, *, shuffle: bool, seed: int,
+            length: Callable[[str], int] | None = None, pool: int = 50) -> list[list[str]]:
+    """``names`` cut into batches, shuffled with ``seed`` when asked.
+
+    With ``length`` (e.g. tokens of a subtitle), clips of similar length share a batch, so little
+    compute goes to padding: the shuffled clips are sorted by length within pools of
+    ``pool * batch_size`` and the resulting batches are shuffled again.
+    """
+    rng = np.random.default_rng(seed)
     order = list(names)
     if shuffle:
-        rng = np.random.default_rng(seed)
         order = [order[i] for i in rng.permutation(len(order))]
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if length is None:
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    span = max(1, pool) * batch_size
+    out: list[list[str]] = []
+    for lo in range(0, len(order), span):
+        chunk = sorted(order[lo: lo + span], key=length)
+        out.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+    if shuffle:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
 
 
 def decoded_batches(load: Any, groups: list[list[str]], *, threads: int = 2,

@@ -55,11 +55,10 @@ class TextTask:
 
     def __init__(self, cfg: TextFinetuneConfig, table: ClipTable, n_classes: int, device: str = "cpu") -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
-
         from mer.extractors.base import torch_dtype
         from mer.extractors.bundled import resolve_model
         from mer.extractors.hf_speech import dtype_kwargs
+        from transformers import AutoModel, AutoTokenizer
 
         if cfg.pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', got {cfg.pooling!r}")
@@ -113,6 +112,7 @@ class TextTask:
         hidden = int(self._base().config.hidden_size)
         self.dim = hidden
         self.head = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout), torch.nn.Linear(hidden, n_classes)).to(self.device)
+        self._lengths: dict[str, int] = {}
         self._texts = table.column(cfg.text_column) if cfg.text_column in table.columns else None
         if self._texts is None:
             raise ValueError(f"{table.path}: no column {cfg.text_column!r} (columns: {', '.join(table.columns)})")
@@ -130,6 +130,13 @@ class TextTask:
         """The clip's subtitle, stripped."""
         t = self._texts.get(name)
         return (t or "").strip()
+
+    def length(self, name: str) -> int:
+        """Tokens of the clip's subtitle (cached): batches group subtitles of similar length."""
+        if name not in self._lengths:
+            self._lengths[name] = len(self.tokenizer(self.text_of(name), truncation=True,
+                                                     max_length=self.max_len)["input_ids"])
+        return self._lengths[name]
 
     def load(self, name: str) -> TextClip:
         """The clip's subtitle; an empty one is a DecodeError with ``empty="skip"``."""

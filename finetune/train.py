@@ -123,8 +123,8 @@ def evaluate(task: Task, names: list[str], sel: Selection, cfg: TrainConfig) -> 
     losses, preds, trues = [], [], []
     bs = cfg.eval_batch_size or cfg.batch_size
     with torch.no_grad():
-        for got, items, _failed in decoded_batches(task.load, batches(names, bs, shuffle=False, seed=0),
-                                                   threads=cfg.threads):
+        plan = batches(names, bs, shuffle=False, seed=0, length=getattr(task, "length", None))
+        for got, items, _failed in decoded_batches(task.load, plan, threads=cfg.threads):
             if not items:
                 continue
             y = torch.as_tensor(sel.targets(got), device=cfg.device)
@@ -177,7 +177,8 @@ def fit(task: Task, sel: Selection, cfg: TrainConfig, *, progress: bool = True) 
                 m.train()
             te = time.perf_counter()
             epoch_losses: list[float] = []
-            plan = batches(sel.train, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
+            plan = batches(sel.train, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
+                           length=getattr(task, "length", None))
             opt.zero_grad(set_to_none=True)
             pending = 0
             for got, items, failed in decoded_batches(task.load, plan, threads=cfg.threads):
@@ -202,6 +203,9 @@ def fit(task: Task, sel: Selection, cfg: TrainConfig, *, progress: bool = True) 
                         result.steps += 1
                 if bar is not None:
                     bar.update(task_id, advance=1, loss=f"{np.mean(epoch_losses[-20:]):.3f}" if epoch_losses else "-")
+                elif epoch_losses and len(epoch_losses) % 50 == 0:
+                    log.info("epoch %d: %d/%d batches, loss %.4f, %.2f s/batch", epoch, len(epoch_losses), len(plan),
+                             np.mean(epoch_losses[-50:]), (time.perf_counter() - te) / len(epoch_losses))
             if pending:
                 _step(opt, sched, scaler, params, cfg)
                 result.steps += 1

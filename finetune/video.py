@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from mer.pipeline.decode_video import VideoDecodeConfig
 from mer.pipeline.inputs import DecodeSettings, load_item
 from mer.store.tables import ClipTable, read_clip_table
@@ -55,7 +54,6 @@ class ClipTask:
 
     def __init__(self, cfg: VideoFinetuneConfig, table: ClipTable, n_classes: int, device: str = "cpu") -> None:
         import torch
-
         from mer.extractors.clip_image import ClipConfig, ClipExtractor
 
         self.cfg = cfg
@@ -143,7 +141,7 @@ class ClipTask:
 
     def describe(self) -> dict[str, Any]:
         opts = asdict(self.cfg)
-        decode = opts.pop("decode")
+        opts.pop("decode")
         return {"base_model": self.cfg.model, "backend": self.ext.backend, "model_options": opts,
                 "decode": {"video": self.settings.video.record()}}
 

@@ -1,4 +1,4 @@
-"""``mer finetune video|text``: fine-tune an extractor's model on labelled clips, save a loadable folder."""
+"""``mer finetune video|text|audio``: fine-tune an extractor's model on labelled clips, save a loadable folder."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def _one_of(choices: list[str]) -> Any:
 
 
 CLIPS = typer.Argument(..., help="Clip table CSV (name, video, text, ...).")
+AUDIO_CLIPS = typer.Argument(..., help="Clip table CSV (name, audio or video, ...).")
 LABELS = typer.Option(..., "--labels", "-l", help="Label file (name,discrete).")
 OUT = typer.Option(..., "--out", "-o", help="Folder to save the fine-tuned model in (loadable by mer extract).")
 EPOCHS = typer.Option(3, "--epochs", help="Passes over the training clips.")
@@ -146,3 +147,34 @@ def text(
                         weight_decay=weight_decay, warmup=warmup, device=device, amp=amp, seed=seed, threads=1)
     split = _split(exclude, folds_from, fold, val_fraction, val, kfold, classes, limit, seed)
     _summary(finetune_text(clips, labels, out, cfg, split, train, overwrite=force), out)
+
+
+@app.command()
+def audio(
+    clips: Path = AUDIO_CLIPS, labels: Path = LABELS,
+    out: Path = OUT,
+    model: str = typer.Option(..., "--model", "-m", help="HF speech encoder folder or hub id (HuBERT, wav2vec2, WavLM)."),
+    layers: str = typer.Option("last", "--layers", help="Hidden states the head reads (as hf-speech: last, last4, -1,-2)."),
+    layer_pool: str = typer.Option("mean", "--layer-pool", callback=_one_of(["mean", "sum"]),
+                                   help="How the selected layers combine."),
+    max_seconds: float = typer.Option(10.0, "--max-seconds", help="Train on at most the first N seconds of each clip."),
+    train_feature_encoder: bool = typer.Option(False, "--train-feature-encoder",
+                                               help="Also train the conv feature encoder (frozen by default)."),
+    unfreeze: int = typer.Option(-1, "--unfreeze", help="Train the last N transformer layers only (-1: all)."),
+    epochs: int = EPOCHS, batch_size: int = BATCH, accum: int = ACCUM,
+    lr: float = typer.Option(2e-5, "--lr", help="Learning rate of the encoder."),
+    head_lr: float = HEAD_LR, weight_decay: float = WD, warmup: float = WARMUP, device: str = DEVICE, amp: str = AMP,
+    seed: int = SEED, exclude: list[Path] = EXCLUDE, folds_from: Path = FOLDS_FROM, fold: int = FOLD,
+    val_fraction: float = VAL_FRACTION, val: Path = VAL, kfold: int = KFOLD, classes: str = CLASSES,
+    limit: int = LIMIT, threads: int = THREADS, force: bool = FORCE,
+) -> None:
+    """Fine-tune a HF speech encoder (head on the frame mean); the folder loads in the hf-speech extractor."""
+    from mer.finetune.audio import AudioFinetuneConfig, finetune_audio
+    from mer.finetune.train import TrainConfig
+
+    cfg = AudioFinetuneConfig(model=model, layers=layers, layer_pool=layer_pool, max_seconds=max_seconds,
+                              freeze_feature_encoder=not train_feature_encoder, unfreeze=unfreeze)
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, head_lr=head_lr,
+                        weight_decay=weight_decay, warmup=warmup, device=device, amp=amp, seed=seed, threads=threads)
+    split = _split(exclude, folds_from, fold, val_fraction, val, kfold, classes, limit, seed)
+    _summary(finetune_audio(clips, labels, out, cfg, split, train, overwrite=force), out)

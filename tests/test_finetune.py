@@ -28,14 +28,24 @@ pytest.importorskip("peft")
 
 from conftest import SAMPLE, SHARED, mer_cli  # noqa: E402
 from mer.store import FeatureStore  # noqa: E402
-from tiny_models import CLIP_PROJECTION, HIDDEN, OPEN_CLIP_EMBED, SENTENCES, build_bert, build_hf_clip, build_llama, build_open_clip  # noqa: E402
+from tiny_models import (  # noqa: E402
+    CLIP_PROJECTION,
+    HIDDEN,
+    OPEN_CLIP_EMBED,
+    SENTENCES,
+    build_bert,
+    build_hf_clip,
+    build_hubert,
+    build_llama,
+    build_open_clip,
+)
 
 MER2023 = SHARED / "mer2023"
 F16 = dict(atol=3e-3, rtol=3e-3)  # stored float16 vs float32 computed here
 
 
 def mer(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "250"}
+    env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest
     return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -65,11 +75,34 @@ def train_losses(rec: dict) -> list[float]:
     return [h["train_loss"] for h in rec["history"] if h.get("train_loss") is not None]
 
 
+def vocabulary(clips: Path, size: int = 800) -> list[str]:
+    """The most frequent words and punctuation marks of the subtitles (as typed and lowercased), so the
+    tiny tokenizers see the words instead of mapping most of them to the unknown token."""
+    import re
+    from collections import Counter
+
+    with open(clips, encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    counts = Counter(t for text in texts for w in re.findall(r"\w+|[^\w\s]+", text) for t in {w, w.lower()})
+    return [w for w, _ in counts.most_common(size)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(tmp_path_factory, text_data) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ft-models")
+    words = vocabulary(text_data[0])
     out = {}
-    for name, build in [("bert", build_bert), ("llama", build_llama), ("hfclip", build_hf_clip)]:
+    for name, build in [("bert", lambda d: build_bert(d, words=words)), ("llama", lambda d: build_llama(d, words=words)),
+                        ("hfclip", build_hf_clip), ("hubert", build_hubert)]:
         (root / name).mkdir()
         out[name] = build(root / name)
     (root / "openclip").mkdir()
@@ -80,7 +113,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory) -> tuple[Path, Path, str]:
     """(clip table with a ``text`` column, labels, source): 160 MER2023 train clips with a non-empty
-    English subtitle, or the 360 RAVDESS sample clips (two fixed sentences: little signal in text)."""
+    English subtitle, or the 360 RAVDESS sample clips (two fixed sentences: no emotion in the text, so
+    there the training loss can only fall to the class prior)."""
     root = tmp_path_factory.mktemp("ft-text")
     if (MER2023 / "transcription.csv").is_file():
         with open(MER2023 / "train-labels.csv", encoding="utf-8") as f:
@@ -228,13 +262,14 @@ def test_text_bert_full_cli_then_hf_text_and_sentence(tmp_path, models, text_dat
     from mer.extractors.base import TextClip
     from mer.extractors.hf_text import HFTextConfig, HFTextExtractor
 
-    clips, labels, _source = text_data
+    clips, labels, source = text_data
     out, store = tmp_path / "bert-ft", tmp_path / "t.zarr"
     ok(mer("finetune", "text", clips, "--labels", labels, "--model", models["bert"], "--out", out,
-           "--epochs", "4", "--lr", "1e-3", "--batch-size", "16", "--limit", "96", "--val-fraction", "0.15"))
+           "--epochs", "6", "--lr", "1e-3", "--head-lr", "1e-2", "--batch-size", "8", "--limit", "96",
+           "--val-fraction", "0.15"))
     rec = record_of(out)
     losses = train_losses(rec)
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < (0.8 if source == "mer2023" else 1.0) * losses[0], losses  # RAVDESS text: no signal
     assert rec["trained_on"]["count"] == 96 and rec["model_options"]["lora"] is False
     assert rec["extract"]["extractor"] == "sentence"
     res_h, res_s = mer_all(
@@ -263,16 +298,15 @@ def test_text_bert_full_cli_then_hf_text_and_sentence(tmp_path, models, text_dat
 
 
 def test_text_llama_lora_merge_equals_adapter_and_holds_out(tmp_path, models, text_data):
-    from peft import PeftModel
-    from transformers import AutoModel
-
     from mer.extractors.base import TextClip
     from mer.extractors.hf_text import HFTextConfig, HFTextExtractor
     from mer.finetune.data import SplitConfig
     from mer.finetune.text import TextFinetuneConfig, finetune_text
     from mer.finetune.train import TrainConfig
+    from peft import PeftModel
+    from transformers import AutoModel
 
-    clips, labels, _source = text_data
+    clips, labels, source = text_data
     with open(clips, encoding="utf-8") as f:
         names = [r["name"] for r in csv.DictReader(f)]
     held = names[:20]
@@ -285,7 +319,7 @@ def test_text_llama_lora_merge_equals_adapter_and_holds_out(tmp_path, models, te
                         SplitConfig(exclude=[str(tmp_path / "held.csv")], val_fraction=0.1, limit=96),
                         TrainConfig(epochs=4, batch_size=16, lr=5e-3, head_lr=1e-2), progress=False)
     losses = train_losses(rec)
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < (0.9 if source == "mer2023" else 1.0) * losses[0], losses
     assert rec["lora_targets"] == ["o_proj", "q_proj", "v_proj"] and rec["adapter"] == "adapter"
     assert not set(rec["trained_on"]["names"]) & set(held) and set(rec["held_out"]["names"]) == set(held)
     assert rec["extract"] == {"extractor": "hf-text", "model": str(out), "options": {"pooling": "last"}}
@@ -331,3 +365,38 @@ def test_folds_from_a_fusion_run_holds_out_that_fold(tmp_path):
         select_clips(read_clip_table(SAMPLE / "clips.csv"), labels, SplitConfig(folds_from=str(run)))
     with pytest.raises(TableError, match="3 folds"):
         fold_val_names(run, 3)
+
+
+def test_audio_hubert_on_ravdess_speech(tmp_path, models):
+    from mer.extractors.hf_speech import HFSpeechConfig, HFSpeechExtractor
+    from mer.finetune.audio import AudioFinetuneConfig, finetune_audio
+    from mer.finetune.data import SplitConfig
+    from mer.finetune.train import TrainConfig
+    from mer.pipeline.decode_audio import AudioDecodeConfig, decode_audio
+
+    with open(SAMPLE / "clips.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["emotion"] in ("neutral", "angry") and int(r["actor"]) <= 4]
+    clips = write_csv(tmp_path / "clips.csv", [{"name": r["name"], "audio": str((SAMPLE / r["audio"]).resolve())}
+                                               for r in rows])
+    labels = write_csv(tmp_path / "labels.csv", [{"name": r["name"], "discrete": r["emotion"]} for r in rows])
+    out = tmp_path / "hubert-ft"
+    rec = finetune_audio(clips, labels, out, AudioFinetuneConfig(model=str(models["hubert"]), layers="last2",
+                                                                 max_seconds=0.5),
+                         SplitConfig(val_fraction=0.0), TrainConfig(epochs=4, batch_size=8, lr=1e-3, head_lr=3e-2),
+                         progress=False)
+    losses = train_losses(rec)
+    assert rec["trained_on"]["count"] == len(rows) == 24 and losses[-1] < 0.85 * losses[0], losses
+    assert rec["decode"]["audio"]["max_seconds"] == 0.5 and rec["decode"]["audio"]["sample_rate"] == 16000
+    from safetensors.torch import load_file
+
+    before = load_file(models["hubert"] / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("encoder.layers.0.") for k in changed)
+    assert not any(k.startswith("feature_extractor.") for k in changed), sorted(changed)  # conv encoder frozen
+    clip = decode_audio(rows[0]["name"], SAMPLE / rows[0]["audio"], AudioDecodeConfig())
+    ext = HFSpeechExtractor(HFSpeechConfig(model=str(out), layers="last2"))
+    assert ext.dim == HIDDEN and ext.sample_rate == 16000
+    tuned = ext.extract([clip])[0].values
+    plain = HFSpeechExtractor(HFSpeechConfig(model=str(models["hubert"]), layers="last2")).extract([clip])[0].values
+    assert tuned.shape == (HIDDEN,) and np.abs(tuned - plain).max() > 1e-3

@@ -66,12 +66,12 @@ SENTENCES = ["i am so happy to see you .", "why are you so angry ?", "oh no , th
              "we need to go .", "yes .", "look , he is getting married too , you also need to rearrange yourself ."]
 
 
-def build_bert(d: Path, seed: int = 2) -> Path:
-    """BERT with a WordPiece vocabulary of :data:`WORDS` (fast tokenizer, model_max_length 64)."""
+def build_bert(d: Path, seed: int = 2, words: list[str] | None = None) -> Path:
+    """BERT with a WordPiece vocabulary of :data:`WORDS` or ``words`` (fast tokenizer, model_max_length 64)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(words or WORDS)]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # from_pretrained(d) reads d/vocab.txt in transformers 4 and 5 alike; the constructor's
     # ``vocab_file=`` is silently ignored by transformers 5 (every word would be [UNK]).
@@ -86,23 +86,24 @@ def build_bert(d: Path, seed: int = 2) -> Path:
     return d
 
 
-def word_tokenizer():
-    """A WordLevel fast tokenizer built offline (no pad token: the extractor must add one)."""
+def word_tokenizer(words: list[str] | None = None):
+    """A WordLevel fast tokenizer of :data:`WORDS` or ``words``, built offline (no pad token: the
+    extractor must add one)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *(words or WORDS)])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"), len(vocab)
 
 
-def build_llama(d: Path, seed: int = 3) -> Path:
+def build_llama(d: Path, seed: int = 3, words: list[str] | None = None) -> Path:
     """Llama causal LM (saved with its LM head; AutoModel loads the base model) + word tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok, n = word_tokenizer()
+    tok, n = word_tokenizer(words)
     tok.save_pretrained(d)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=n, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
