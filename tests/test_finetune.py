@@ -400,3 +400,34 @@ def test_audio_hubert_on_ravdess_speech(tmp_path, models):
     tuned = ext.extract([clip])[0].values
     plain = HFSpeechExtractor(HFSpeechConfig(model=str(models["hubert"]), layers="last2")).extract([clip])[0].values
     assert tuned.shape == (HIDDEN,) and np.abs(tuned - plain).max() > 1e-3
+
+
+def test_split_options_kfold_val_list_and_fraction(tmp_path):
+    from mer.finetune.data import SplitConfig, select_clips
+    from mer.store.tables import TableError, read_clip_table
+
+    with open(SAMPLE / "clips.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    labels = write_csv(tmp_path / "labels.csv", [{"name": r["name"], "discrete": r["emotion"]} for r in rows])
+    table = read_clip_table(SAMPLE / "clips.csv")
+    held = [r["name"] for r in rows[:30]]
+    (tmp_path / "held.txt").write_text("\n".join(held))
+    vals = []
+    for k in range(4):
+        sel = select_clips(table, labels, SplitConfig(exclude=[str(tmp_path / "held.txt")], kfold=4, fold=k))
+        assert not set(sel.train) & set(sel.val) and not (set(sel.train) | set(sel.val)) & set(held)
+        assert len(sel.train) + len(sel.val) == len(rows) - 30
+        vals.append(set(sel.val))
+    assert set().union(*vals) == {r["name"] for r in rows[30:]} and sum(len(v) for v in vals) == len(rows) - 30
+
+    sel = select_clips(table, labels, SplitConfig(val_fraction=0.25, seed=3))
+    per_class = {c: sum(1 for n in sel.val if sel.labels[n] == c) for c in sel.classes}
+    assert sel.classes == sorted({r["emotion"] for r in rows})
+    assert all(abs(v - 0.25 * sum(1 for r in rows if r["emotion"] == c)) <= 1 for c, v in per_class.items())
+    assert select_clips(table, labels, SplitConfig(val_fraction=0.25, seed=3)).val == sel.val  # deterministic
+
+    (tmp_path / "val.txt").write_text("\n".join(held[:5]))
+    with pytest.raises(TableError, match="also held out"):
+        select_clips(table, labels, SplitConfig(exclude=[str(tmp_path / "held.txt")], val=str(tmp_path / "val.txt")))
+    sel = select_clips(table, labels, SplitConfig(val=str(tmp_path / "val.txt")))
+    assert sel.val == held[:5] and len(sel.train) == len(rows) - 5
