@@ -51,6 +51,24 @@ def demo(
     raise typer.Exit(run_demo(out, data, whisper_seconds))
 
 
+def _unwind_on_sigterm() -> None:
+    """Make SIGTERM (what batch schedulers and ``kill`` send before SIGKILL) unwind like Ctrl-C.
+
+    The handler raises ``SystemExit(143)``, so ``finally`` blocks run: a running extraction commits
+    the clips it has buffered (and merges its segments) instead of losing them. A second SIGTERM
+    during that clean-up is ignored.
+    """
+    import logging
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        logging.getLogger("mer").warning("terminated (SIGTERM): committing what is done, then exiting")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     """Console-script entry point: expected errors print one clear line and exit 1.
 
@@ -63,6 +81,7 @@ def main() -> None:
     from mer.store.errors import StoreError
     from mer.store.tables import TableError
 
+    _unwind_on_sigterm()
     try:
         app()
     except (StoreError, TableError, ModelLoadError, OSError, ValueError) as exc:
