@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     ap.add_argument("--lr", type=float, default=5e-5, help="fine-tuning learning rate of MiniLM")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (head, dropout, batches, split)")
     ap.add_argument("--mlp-epochs", type=int, default=60, help="epochs of the downstream MLP")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is much faster "
                     "when other processes share the cores")
@@ -103,8 +104,9 @@ def main() -> None:
     rec = finetune_text(clips, args.data / "train-labels.csv", out,
                         TextFinetuneConfig(model="all-MiniLM-L6-v2", text_column="english", pooling="mean"),
                         SplitConfig(exclude=[str(args.data / "test1-labels.csv")], val_fraction=0.1,
-                                    classes=list(MER_CLASSES)),
-                        TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=1e-3),
+                                    classes=list(MER_CLASSES), seed=args.seed),
+                        TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=1e-3,
+                                    seed=args.seed),
                         overwrite=True, progress=False)
     ft_seconds = time.perf_counter() - t0
     hist = rec["history"]
@@ -122,7 +124,7 @@ def main() -> None:
               f"single MLP 5-fold WAF {mlp['cv_waf']:.3f}, test1 accuracy {mlp['accuracy']:.3f} WAF {mlp['waf']:.3f}",
               flush=True)
     results["finetune"] = {"seconds": round(ft_seconds, 1), "history": hist, "steps": rec["steps"],
-                           "trained_on": rec["trained_on"]["count"], "epochs": args.epochs, "lr": args.lr,
+                           "trained_on": rec["trained_on"]["count"], "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
                            "batch_size": args.batch_size}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"finetune_minilm_mlp_waf_before: {results['before']['mlp']['waf']:.3f}")

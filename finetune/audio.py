@@ -21,7 +21,7 @@ from mer.pipeline.inputs import DecodeSettings, load_item
 from mer.store.tables import ClipTable, read_clip_table
 
 from .data import SplitConfig, select_clips
-from .train import TrainConfig, param_groups, run_finetune
+from .train import TrainConfig, param_groups, prepare_out, run_finetune
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def finetune_audio(clips: Path, labels: Path, out: Path, model: AudioFinetuneCon
 
     Returns the ``mer_finetune.json`` record.
     """
+    prepare_out(out, overwrite)  # refuse a non-empty --out before loading anything
     table = read_clip_table(clips)
     sel = select_clips(table, labels, split)
     task = SpeechTask(model, table, len(sel.classes), device=train.device)

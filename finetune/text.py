@@ -23,7 +23,7 @@ from mer.pipeline.decode_errors import DecodeError
 from mer.store.tables import ClipTable, read_clip_table
 
 from .data import SplitConfig, select_clips
-from .train import TrainConfig, param_groups, run_finetune
+from .train import TrainConfig, param_groups, prepare_out, run_finetune
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ def finetune_text(clips: Path, labels: Path, out: Path, model: TextFinetuneConfi
     With ``empty="skip"``, clips with an empty subtitle are dropped from training and validation
     before the split is used (listed under ``skipped`` in the record).
     """
+    prepare_out(out, overwrite)  # refuse a non-empty --out before loading anything
     table = read_clip_table(clips)
     sel = select_clips(table, labels, split)
     task = TextTask(model, table, len(sel.classes), device=train.device)

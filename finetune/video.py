@@ -26,7 +26,7 @@ from mer.pipeline.inputs import DecodeSettings, load_item
 from mer.store.tables import ClipTable, read_clip_table
 
 from .data import SplitConfig
-from .train import TrainConfig, param_groups, run_finetune
+from .train import TrainConfig, param_groups, prepare_out, run_finetune
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ def finetune_video(clips: Path, labels: Path, out: Path, model: VideoFinetuneCon
     """
     from .data import select_clips
 
+    prepare_out(out, overwrite)  # refuse a non-empty --out before loading anything
     table = read_clip_table(clips)
     if "video" not in table.columns:
         raise ValueError(f"{clips}: the clip table has no 'video' column")

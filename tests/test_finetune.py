@@ -323,6 +323,8 @@ def test_text_llama_lora_merge_equals_adapter_and_holds_out(tmp_path, models, te
     assert rec["lora_targets"] == ["o_proj", "q_proj", "v_proj"] and rec["adapter"] == "adapter"
     assert not set(rec["trained_on"]["names"]) & set(held) and set(rec["held_out"]["names"]) == set(held)
     assert rec["extract"] == {"extractor": "hf-text", "model": str(out), "options": {"pooling": "last"}}
+    with pytest.raises(FileExistsError, match="not empty"):  # refused before any model is loaded
+        finetune_text(clips, labels, out, TextFinetuneConfig(model="no/such-model"), SplitConfig(), TrainConfig())
 
     items = [TextClip(f"s{i}", s) for i, s in enumerate(SENTENCES)]
     merged = HFTextExtractor(HFTextConfig(model=str(out), pooling="last")).extract(items)
