@@ -33,6 +33,7 @@ class AudioClip:
     name: str
     samples: np.ndarray
     sample_rate: int = 16000
+    partial: str | None = None  # why only part of the file decoded (the samples are what came before), or None
 
     @property
     def seconds(self) -> float:
@@ -44,13 +45,15 @@ class AudioClip:
 class VideoClip:
     """Decoded frames ``[T, H, W, 3]`` uint8 RGB with their timestamps (seconds from clip start).
 
-    ``faces`` counts frames where a face was found and cropped (``None`` when face crop was off).
+    ``faces`` counts frames where a face was found and cropped (``None`` when face crop was off);
+    ``partial`` says why only part of the file decoded (the frames are those before), or is ``None``.
     """
 
     name: str
     frames: np.ndarray
     times: np.ndarray
     faces: int | None = None
+    partial: str | None = None
 
 
 @dataclass

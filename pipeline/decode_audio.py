@@ -120,12 +120,14 @@ def decode_audio(name: str, path: Path, cfg: AudioDecodeConfig | None = None) ->
     samples = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
 
     got = len(samples) / sr
+    partial: str | None = None
     if broken:
-        log.warning("clip %r: audio decoding stopped after %.2f s (%s); keeping what decoded", name, got, broken)
+        partial = f"audio decoding stopped after {got:.2f} s ({broken})"
+        log.warning("clip %r: %s; keeping what decoded", name, partial)
     elif declared and max_samples is None and got < _SHORT_FRACTION * declared:
-        log.warning("clip %r: decoded %.2f s of audio but %s declares %.2f s (truncated file?)",
-                    name, got, path.name, declared)
-    return AudioClip(name=name, samples=samples, sample_rate=sr)
+        partial = f"decoded {got:.2f} s of audio but {path.name} declares {declared:.2f} s (truncated file?)"
+        log.warning("clip %r: %s", name, partial)
+    return AudioClip(name=name, samples=samples, sample_rate=sr, partial=partial)
 
 
 def windows(samples: np.ndarray, sample_rate: int, window_s: float = 10.0) -> list[np.ndarray]:

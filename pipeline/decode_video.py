@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 _DECORD_ERRORS: tuple[type[BaseException], ...] = (DECORDError, RuntimeError, OSError, ValueError, IndexError)
 # What PyAV raises for unreadable input (its FFmpegError subclasses are also ValueError / OSError).
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError, EOFError)
+# A decoded span this far below the container's declared duration is reported as truncated.
+_SHORT_FRACTION = 0.9
 
 
 @dataclass
@@ -88,12 +90,13 @@ def decode_video(name: str, path: Path, cfg: VideoDecodeConfig | None = None) ->
     """
     cfg = cfg or VideoDecodeConfig()
     path = check_file(name, path)
+    partial: str | None = None
     try:
         frames, times = _decode_decord(path, cfg)
     except _DECORD_ERRORS as exc:
         decord_reason = reason(exc)
         log.debug("clip %r: decord failed (%s); trying PyAV", name, decord_reason)
-        frames, times = _decode_pyav(name, path, cfg, decord_reason)
+        frames, times, partial = _decode_pyav(name, path, cfg, decord_reason)
 
     faces: int | None = None
     if cfg.faces:
@@ -103,7 +106,7 @@ def decode_video(name: str, path: Path, cfg: VideoDecodeConfig | None = None) ->
     elif cfg.size is not None:
         frames = np.stack([resize_shorter(f, cfg.size) for f in frames])
     return VideoClip(name=name, frames=np.ascontiguousarray(frames, dtype=np.uint8),
-                     times=np.asarray(times, dtype=np.float32), faces=faces)
+                     times=np.asarray(times, dtype=np.float32), faces=faces, partial=partial)
 
 
 def select_frames(starts: np.ndarray, end: float, fps: float | None, num_frames: int | None) -> np.ndarray:
@@ -175,8 +178,12 @@ def _as_numpy(batch: Any) -> np.ndarray:
 
 
 # ---- PyAV (fallback for files decord refuses, e.g. truncated ones) ---------------------------
-def _decode_pyav(name: str, path: Path, cfg: VideoDecodeConfig, decord_reason: str) -> tuple[np.ndarray, np.ndarray]:
-    """Two passes: timestamps of every decodable frame, then the chosen frames as RGB."""
+def _decode_pyav(name: str, path: Path, cfg: VideoDecodeConfig,
+                 decord_reason: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Two passes: timestamps of every decodable frame, then the chosen frames as RGB.
+
+    Returns frames, their times, and why only part of the file decoded (``None`` when all of it did).
+    """
     starts, end, broken = _pyav_pass(name, path, keep=None)
     if len(starts) == 0:
         problem = f"no video frames decoded from {path} ({broken or decord_reason})"
@@ -191,7 +198,17 @@ def _decode_pyav(name: str, path: Path, cfg: VideoDecodeConfig, decord_reason: s
     log.warning("clip %r: decord could not read %s (%s); PyAV decoded %d frames up to %.2f s%s",
                 name, path.name, decord_reason, len(starts), end,
                 f", then stopped: {broken}" if broken else "")
-    return frames, np.maximum(starts[got], 0.0)
+    partial = f"video decoding stopped after {end:.2f} s ({broken})" if broken else None
+    return frames, np.maximum(starts[got], 0.0), partial
+
+
+def _declared_seconds(container: Any, stream: Any) -> float | None:
+    """Duration of the video stream (or the container) from the header, if it gives one."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
 
 
 def _pyav_pass(name: str, path: Path, keep: set[int] | None) -> tuple[Any, float, str | None]:
@@ -229,6 +246,9 @@ def _pyav_pass(name: str, path: Path, keep: set[int] | None) -> tuple[Any, float
                 i += 1
         except _AV_ERRORS as exc:
             broken = reason(exc)
+        declared = _declared_seconds(container, stream)
+        if broken is None and keep is None and declared and end < _SHORT_FRACTION * declared:
+            broken = f"the file declares {declared:.2f} s (truncated file?)"
     finally:
         container.close()
     if keep is None:

@@ -27,8 +27,12 @@ def _spec_key(spec: StageSpec) -> str:
     return json.dumps(asdict(spec), default=str, sort_keys=True)
 
 
-def run_block(spec: StageSpec, key: str, names: list[str], threads: int) -> tuple[int, dict[str, str], dict[str, int]]:
-    """Dask task: extract ``names`` into set ``key`` as committed segments; returns (done, failed, truncated)."""
+def run_block(spec: StageSpec, key: str, names: list[str],
+              threads: int) -> tuple[int, dict[str, str], dict[str, int], dict[str, str]]:
+    """Dask task: extract ``names`` into set ``key`` as committed segments.
+
+    Returns (done, failed, truncated, partial): see :class:`StageReport`.
+    """
     from mer.store.tables import read_clip_table
 
     ident = _spec_key(spec)
@@ -40,7 +44,7 @@ def run_block(spec: StageSpec, key: str, names: list[str], threads: int) -> tupl
     fs = FeatureStore(spec.store)[key]
     report = StageReport(key=key)
     run_names(spec, _CACHE["extractor"], fs, _CACHE["table"], names, report, consolidate=False)
-    return report.done, report.failed, report.truncated
+    return report.done, report.failed, report.truncated, report.partial
 
 
 def _limit_torch_threads(threads: int) -> None:
@@ -79,10 +83,11 @@ def run_distributed(spec: StageSpec, fs: FeatureSet, todo: list[str], report: St
         futures = [client.submit(run_block, spec, fs.key, b, threads, pure=False) for b in blocks]
         bar = _progress(progress, fs.key, len(todo))
         for fut in as_completed(futures):
-            done, failed, truncated = fut.result()
+            done, failed, truncated, partial = fut.result()
             report.done += done
             report.failed.update(failed)
             report.truncated.update(truncated)
+            report.partial.update(partial)
             if bar:
                 bar[0].advance(bar[1], done + len(failed))
         if bar:

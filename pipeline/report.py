@@ -24,6 +24,12 @@ def print_report(report: StageReport, max_failures: int = 20) -> None:
         console.print(f"[red]failed[/] clip {escape(name)}: {escape(reason)}")
     if len(report.failed) > max_failures:
         console.print(f"... and {len(report.failed) - max_failures} more (see `mer store info`)")
+    if report.partial:
+        for name, why in list(report.partial.items())[:max_failures]:
+            console.print(f"[yellow]partly decoded[/] clip {escape(name)}: {escape(why)}; kept what decoded")
+        if len(report.partial) > max_failures:
+            console.print(f"... and {len(report.partial) - max_failures} more partly decoded clips")
+        console.print("partly decoded clips are recorded per clip as `partial_decode` (FeatureSet.read_extra)")
     if report.truncated:
         cut = list(report.truncated.items())
         shown = ", ".join(f"{name} ({n} tokens dropped)" for name, n in cut[:max_failures])

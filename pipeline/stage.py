@@ -101,6 +101,7 @@ class StageReport:
     skipped: int = 0  # already done before this run
     failed: dict[str, str] = field(default_factory=dict)  # clip -> reason, this run
     truncated: dict[str, int] = field(default_factory=dict)  # clip -> tokens cut off (input over the model's max length)
+    partial: dict[str, str] = field(default_factory=dict)  # clip -> why only part of its media file decoded
     seconds: float = 0.0
 
     @property
@@ -224,8 +225,12 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                     extras = {k: float(v) for k, v in feats.notes.items() if isinstance(v, (int, float))}
                     if getattr(item, "faces", None) is not None:
                         extras["faces"] = float(item.faces)
+                    if getattr(item, "partial", None):  # a damaged file: what decoded before the damage
+                        extras["partial_decode"] = 1.0
                     writer.add(item.name, feats.values, times=feats.times, extras=extras)
                     report.done += 1
+                    if extras.get("partial_decode"):
+                        report.partial[item.name] = str(item.partial)
                     if extras.get("truncated_tokens"):
                         report.truncated[item.name] = int(extras["truncated_tokens"])
                         log.info("%s: clip %s cut to the model's max length (%d tokens dropped)", fs.key,

@@ -3,7 +3,9 @@
 Real files written here (PyAV mp4s, WAVs, random bytes, cut-off files), tiny random models of the
 real architectures (CLIPModel for video, HuBERT for audio), the real console script. Each bad clip
 must be named with its problem, land in the ledger, make the exit code 1, and leave a store that
-checks clean; the good clips must be done and correct.
+checks clean; the good clips must be done and correct. A file cut after its index keeps what
+decodes before the cut: the report names it as partly decoded and the set records it per clip
+(``partial_decode``).
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def test_case1_corrupt_truncated_empty_video(tmp_path):
     assert len(good) == 6 and np.allclose(t_good, np.arange(6) * 0.5, atol=0.05)  # 3 s at 2 fps
     assert 1 <= len(cut) < len(good) and t_cut.max() < 1.0  # only what precedes the cut
     np.testing.assert_allclose(cut, good[: len(cut)], atol=2e-3)  # the same frames give the same vectors
-    # the partial file is not silent: the warning names the clip and how much was kept
-    assert "clip 'trunc_fs':" in flat(res) and "PyAV decoded" in flat(res)
+    # the partial file is not silent: the report names the clip and how much was kept, and the set
+    # records it per clip
+    assert ("partly decoded clip trunc_fs: video decoding stopped after 0.80 s (the file declares 3.00 s "
+            "(truncated file?)); kept what decoded") in flat(res)
+    assert fs.read_extra("partial_decode", ["trunc_fs", "good"]).tolist()[0] == 1.0
+    assert np.isnan(fs.read_extra("partial_decode", ["good"])[0])
 
 
 def test_case2_3_audio_no_track_short_silent_long(tmp_path):
@@ -86,10 +92,12 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
     long = tone(25.0, hz=250)
     write_wav(m / "long.wav", long)
     write_wav(m / "normal.wav", tone(1.0, hz=440))
+    _cut(write_av(m / "full.mp4", faststart=True), m / "cut.mp4")  # index first: the audio before the cut decodes
     (m / "corrupt.wav").write_bytes(b"RIFF" + np.random.default_rng(1).bytes(3000))
     (m / "zero.wav").write_bytes(b"")
     rows = [{"name": "noaudio", "audio": "", "video": "media/noaudio.mp4"},
-            {"name": "fromvideo", "audio": "", "video": "media/with_audio.mp4"}]
+            {"name": "fromvideo", "audio": "", "video": "media/with_audio.mp4"},
+            {"name": "cut", "audio": "", "video": "media/cut.mp4"}]
     rows += [{"name": n, "audio": f"media/{n}.wav", "video": ""}
              for n in ("short", "silence", "long", "normal", "corrupt", "zero", "missing")]
     rows.append({"name": "nopath", "audio": "", "video": ""})
@@ -107,9 +115,9 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
         "missing": "file not found: media/missing.wav",
         "nopath": "no audio or video path in the clip table",
     })
-    assert report_counts(res) == (10, 5, 0, 5)
+    assert report_counts(res) == (11, 6, 0, 5)
     fs = FeatureStore(store)[key]
-    done = ["fromvideo", "short", "silence", "long", "normal"]
+    done = ["fromvideo", "short", "silence", "long", "normal", "cut"]
     assert sorted(fs.names()) == sorted(done)
     x = dict(zip(done, fs.read(done, dtype="float32")))
     assert all(np.isfinite(v).all() for v in x.values())
@@ -127,5 +135,9 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
     weights = np.array([ext.output_frames(len(p)) for p in parts], np.float64)
     want = (np.stack(vecs) * weights[:, None]).sum(0) / weights.sum()
     np.testing.assert_allclose(x["long"], want, atol=3e-3, rtol=3e-3)
+    # a cut file keeps what decoded, says so, and is recorded per clip
+    assert "partly decoded clip cut: audio decoding stopped after 0.72 s (InvalidDataError: " in flat(res)
+    assert fs.read_extra("partial_decode", ["cut", "normal"])[0] == 1.0
+    assert np.isnan(fs.read_extra("partial_decode", ["normal"])[0])
     # silence is a valid input: finite, and not the vector of a tone
     assert not np.allclose(x["silence"], x["normal"], atol=1e-2)
