@@ -63,7 +63,7 @@ def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
     if pending:
         merged = fs.consolidate() if repair else 0
         out.append(Problem(fs.key, f"{len(pending)} write-ahead segments not consolidated"
-                           + (f" ({merged} clips merged)" if repair else " (run `mer store check --fix`)"),
+                           + (f" ({merged} clips merged)" if repair else " (the next run or `mer store repair` merges them)"),
                            fixed=repair))
     if repair:
         with locked(fs.path, what=f"feature set {fs.key!r}"):
