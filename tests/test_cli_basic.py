@@ -248,9 +248,15 @@ def test_demo(tmp_path: Path) -> None:
     assert "360 clips, 8 emotions, 12 speakers" in res.stdout
     assert res.stdout.count("│   360 │  360 │       0 │      0 │") == 3  # three stages, all clips done
     metrics = json.loads((out / "runs" / "agt" / "metrics.json").read_text())
-    assert metrics["model"] == "agt" and len(metrics["folds"]) == 4
+    assert metrics["model"] == "agt" and len(metrics["folds"]) == 3 and metrics["oof"]["n"] == 270
     assert metrics["summary"]["waf"]["mean"] > 0.5  # chance is 0.125
     assert f"{metrics['summary']['waf']['mean']:.3f} ±" in res.stdout
+    st = json.loads((out / "runs" / "selftrain" / "selftrain.json").read_text())
+    assert st["pool"] == 90 and [r["round"] for r in st["rounds"]] == [0, 1]
+    assert st["rounds"][1]["pseudo_accuracy"] > 0.5  # scored against the hidden labels
+    for method in ("none", "em"):
+        assert len((out / f"pool-predictions-{method}.csv").read_text().splitlines()) == 91
+    assert "pool, prior correction em: WAF" in res.stdout
     assert (out / "clips.csv").is_file() and (out / "labels.csv").is_file() and (out / "features.zarr").is_dir()
 
     table = read_clip_table(out / "clips.csv")

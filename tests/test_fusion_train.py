@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SAMPLE, mer_cli
+from conftest import mer_cli
 from mer.fusion.config import TrainConfig
 from mer.fusion.data import Standardizer, load_features, make_batch
 from mer.fusion.models import build_model
