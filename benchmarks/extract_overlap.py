@@ -32,6 +32,7 @@ the 3x goal presumes a device that batch 1 leaves underused (a GPU: ``--device c
     python benchmarks/extract_overlap.py --n 360 --loop-n 120   # all bundled clips, ~8 min
     python benchmarks/extract_overlap.py --model whisper --batch 4
     python benchmarks/extract_overlap.py --synthetic --n 200    # synthetic 3 s AAC clips (44.1 kHz stereo)
+    python benchmarks/extract_overlap.py --model minilm --n 1024 --batch 64 --loop-n 256   # subtitles
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.pipeline.inputs import load_item
+from mer.pipeline.inputs import DecodeSettings, load_item
 from mer.pipeline.stage import StageSpec, build_extractor, run_stage
 from mer.store.tables import read_clip_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RAVDESS = ROOT / "examples" / "ravdess" / "clips.csv"
+MER_SUBTITLES = ROOT / "examples" / "mer2023" / "transcription.csv"
 
 
 def make_hubert(folder: Path) -> Path:
@@ -91,6 +93,12 @@ def synthetic_table(folder: Path, n: int) -> Path:
 
 
 def stage_spec(args: argparse.Namespace, clips: Path, store: Path, model_dir: Path | None) -> StageSpec:
+    if args.model == "minilm":
+        return StageSpec(modality="text", clips=clips, store=store, extractor="sentence",
+                         config={"model": "all-MiniLM-L6-v2", "batch_size": args.batch, "device": args.device,
+                                 "empty": "encode"},
+                         decode=DecodeSettings(text_column="english"), decode_threads=args.decode_threads,
+                         prefetch=args.prefetch)
     if args.model == "whisper":
         extractor, config = "whisper-ct2", {"model": "whisper-base", "batch_size": args.batch, "device": args.device}
     else:
@@ -102,7 +110,8 @@ def stage_spec(args: argparse.Namespace, clips: Path, store: Path, model_dir: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="hubert",
-                    help="hubert (random HuBERT-base-sized, default), whisper (bundled Whisper-base CT2) or a local HF folder")
+                    help="hubert (random HuBERT-base-sized, default), whisper (bundled Whisper-base CT2), minilm "
+                         "(bundled MiniLM on the bundled MER2023 English subtitles) or a local HF speech folder")
     ap.add_argument("--n", type=int, default=120, help="clips for (a) and (b)")
     ap.add_argument("--loop-n", type=int, default=32, help="clips for the per-clip loop (c); its rate is per clip")
     ap.add_argument("--batch", type=int, default=8, help="clips per forward pass in (a) and (b)")
@@ -127,11 +136,13 @@ def main() -> None:
         model_dir = None
         if args.model == "hubert":
             model_dir = make_hubert(root)
+        elif args.model == "minilm":
+            print("model: bundled all-MiniLM-L6-v2 (sentence), English MER2023 subtitles")
         elif args.model != "whisper":
             model_dir = Path(args.model)
         else:
             print("model: bundled Whisper-base encoder (CTranslate2, whisper-ct2)")
-        clips = synthetic_table(root, args.n) if args.synthetic else RAVDESS
+        clips = MER_SUBTITLES if args.model == "minilm" else synthetic_table(root, args.n) if args.synthetic else RAVDESS
         spec = stage_spec(args, clips, root / "features.zarr", model_dir)
         table = read_clip_table(clips)
         names = table.names[: args.n]
@@ -141,9 +152,9 @@ def main() -> None:
         extractor = build_extractor(spec)
         load_cpu = time.process_time() - c0  # each run_stage call loads its own model; subtracted below
         t0 = time.perf_counter()
-        items = {name: load_item("audio", table, name, spec.decode) for name in names}
+        items = {name: load_item(spec.modality, table, name, spec.decode) for name in names}
         t_decode = time.perf_counter() - t0
-        audio_s = sum(it.seconds for it in items.values())
+        audio_s = sum(getattr(it, "seconds", 0.0) for it in items.values())
         extractor.extract([items[x] for x in names[: args.batch]])  # warm-up, untimed
         npy = root / "npy"
         npy.mkdir()
@@ -178,7 +189,7 @@ def main() -> None:
         def loop(part: list[str]) -> None:
             c0, t0 = time.process_time(), time.perf_counter()
             for name in part:
-                clip = load_item("audio", table, name, spec.decode)
+                clip = load_item(spec.modality, table, name, spec.decode)
                 feats = extractor.extract([clip])[0]
                 np.save(npy / f"{name}.npy", feats.values)
             wall["loop"] += time.perf_counter() - t0
@@ -199,8 +210,10 @@ def main() -> None:
         decode_per_clip = t_decode / n
         model_per_clip = 1.0 / r_model
         bound = model_per_clip / (model_per_clip + decode_per_clip)
-        print(f"clips: {n} {'synthetic' if args.synthetic else 'RAVDESS'} ({audio_s / n:.2f} s of audio each on "
-              f"average), batch {args.batch}, {args.decode_threads} decode threads, prefetch "
+        size = (f"{sum(len(it.text) for it in items.values()) / n:.0f} characters" if spec.modality == "text"
+                else f"{audio_s / n:.2f} s of audio")
+        print(f"clips: {n} {'MER2023 subtitles' if args.model == 'minilm' else 'synthetic' if args.synthetic else 'RAVDESS'} "
+              f"({size} each on average), batch {args.batch}, {args.decode_threads} decode threads, prefetch "
               f"{args.prefetch or 4 * args.batch}, device {args.device}, {os.cpu_count()} CPU cores, load average "
               f"{os.getloadavg()[0]:.2f}, {len(chunks)} alternating chunks of {chunk}")
         print(f"decode alone: {decode_per_clip * 1000:.1f} ms per clip ({1 / decode_per_clip:.1f} clips/s, one thread)")
