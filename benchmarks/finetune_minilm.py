@@ -124,8 +124,8 @@ def main() -> None:
               f"single MLP 5-fold WAF {mlp['cv_waf']:.3f}, test1 accuracy {mlp['accuracy']:.3f} WAF {mlp['waf']:.3f}",
               flush=True)
     results["finetune"] = {"seconds": round(ft_seconds, 1), "history": hist, "steps": rec["steps"],
-                           "trained_on": rec["trained_on"]["count"], "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
-                           "batch_size": args.batch_size}
+                           "trained_on": rec["trained_on"]["count"], "epochs": args.epochs, "lr": args.lr,
+                           "seed": args.seed, "batch_size": args.batch_size}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"finetune_minilm_mlp_waf_before: {results['before']['mlp']['waf']:.3f}")
     print(f"finetune_minilm_mlp_waf_after: {results['after']['mlp']['waf']:.3f}")

@@ -111,15 +111,17 @@ class TextTask:
         self._extra = {"use_cache": False} if "use_cache" in params else {}  # no KV cache while training
         hidden = int(self._base().config.hidden_size)
         self.dim = hidden
-        self.head = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout), torch.nn.Linear(hidden, n_classes)).to(self.device)
+        self.head = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout),
+                                        torch.nn.Linear(hidden, n_classes)).to(self.device)
         self._lengths: dict[str, int] = {}
         self._texts = table.column(cfg.text_column) if cfg.text_column in table.columns else None
         if self._texts is None:
             raise ValueError(f"{table.path}: no column {cfg.text_column!r} (columns: {', '.join(table.columns)})")
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.model.parameters())
+        lora = f" (LoRA r={cfg.lora_rank} on {', '.join(self.lora_targets or [])})" if cfg.lora else ""
         log.info("text fine-tune: %s, %s, %d of %d parameters trained%s", cfg.model, type(self._base()).__name__,
-                 n_train, n_all, f" (LoRA r={cfg.lora_rank} on {', '.join(self.lora_targets or [])})" if cfg.lora else "")
+                 n_train, n_all, lora)
 
     def _base(self):
         """The transformers model under the peft wrapper (or the model itself)."""
@@ -197,7 +199,8 @@ class TextTask:
                     "pooling": self.cfg.pooling, "dim": self.dim}, out / "mer_head.pt")
         ext = "sentence" if self.cfg.pooling == "mean" else "hf-text"
         opts = {} if ext == "sentence" else {"pooling": "last"}
-        return {**saved, "head": {"file": "mer_head.pt", "input": f"{self.cfg.pooling}-pooled last layer", "dim": self.dim},
+        head_info = {"file": "mer_head.pt", "input": f"{self.cfg.pooling}-pooled last layer", "dim": self.dim}
+        return {**saved, "head": head_info,
                 "extract": {"extractor": ext, "model": str(out), "options": opts}}
 
 

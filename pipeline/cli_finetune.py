@@ -118,7 +118,8 @@ def text(
     max_tokens: int = typer.Option(128, "--max-tokens", help="Truncate longer subtitles in training."),
     empty: str = typer.Option("skip", "--empty", callback=_one_of(["skip", "encode"]),
                               help="Empty subtitles: skip (not trained on) or encode the empty string."),
-    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) instead of every weight; merged on save."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) instead of every weight; "
+                              "merged on save."),
     lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank."),
     lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout."),
@@ -153,8 +154,10 @@ def text(
 def audio(
     clips: Path = AUDIO_CLIPS, labels: Path = LABELS,
     out: Path = OUT,
-    model: str = typer.Option(..., "--model", "-m", help="HF speech encoder folder or hub id (HuBERT, wav2vec2, WavLM)."),
-    layers: str = typer.Option("last", "--layers", help="Hidden states the head reads (as hf-speech: last, last4, -1,-2)."),
+    model: str = typer.Option(..., "--model", "-m", help="HF speech encoder folder or hub id (HuBERT, wav2vec2, "
+                              "WavLM)."),
+    layers: str = typer.Option("last", "--layers", help="Hidden states the head reads (as hf-speech: last, last4, "
+                               "-1,-2)."),
     layer_pool: str = typer.Option("mean", "--layer-pool", callback=_one_of(["mean", "sum"]),
                                    help="How the selected layers combine."),
     max_seconds: float = typer.Option(10.0, "--max-seconds", help="Train on at most the first N seconds of each clip."),
