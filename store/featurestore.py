@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import ContainsGroupError
 
 from .errors import FeatureSetNotFound, MissingClipsError, ProvenanceMismatch, StoreError
 from .featureset import FeatureSet
@@ -57,7 +58,12 @@ class FeatureStore:
         """Create the root group on the first write (so a failed command leaves no empty store)."""
         if (self.path / "zarr.json").exists():
             return
-        root = zarr.open_group(str(self.path), mode="a")
+        try:
+            root = zarr.open_group(str(self.path), mode="a")
+        except (ContainsGroupError, FileExistsError):
+            if (self.path / "zarr.json").exists():
+                return  # another process created the store between our check and our create
+            raise
         root.attrs[ATTR] = {"format": FORMAT_VERSION, "kind": "feature-store", "created": utc_now()}
 
     # ---- listing --------------------------------------------------------------------------
