@@ -129,3 +129,22 @@ def test_case8_two_extracts_on_one_set_at_once(tmp_path, clips):
     # a third run finds everything done
     res = ok(mer(*_args(table, store)))
     assert report_counts(res) == (len(ref), 0, len(ref), 0)
+
+
+def test_case8_processes_creating_one_new_store_at_once(tmp_path):
+    """The race case 8 found: several processes creating the same new store (and set) at the same
+    instant must all succeed (six stores, two processes each, released at one moment)."""
+    import sys
+
+    code = ("import sys, time\nfrom mer.store import FeatureStore, Provenance\n"
+            "while time.time() < float(sys.argv[2]):\n    pass\n"
+            "FeatureStore(sys.argv[1]).create('audio/x', level='utt', dim=4, provenance=Provenance(extractor='s'))\n")
+    start = time.time() + 4.0
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"s{i}.zarr"), str(start)],
+                              stderr=subprocess.PIPE, text=True) for i in range(6) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    for i in range(6):
+        assert FeatureStore(tmp_path / f"s{i}.zarr").sets() == ["audio/x"]
+        assert_check_passes(tmp_path / f"s{i}.zarr")
