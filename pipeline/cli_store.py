@@ -52,8 +52,9 @@ def print_info(store_path: Path) -> int:
         ft = r.get("finetune")
         if ft:
             trained = ft.get("trained_on") or {}
+            digest = str(trained.get("sha256", "")).removeprefix("sha256:")[:12]
             console.print(f"[cyan]{r['set']}[/]: model fine-tuned ({ft.get('task', '?')}) from {ft.get('base_model')} "
-                          f"on {trained.get('count', '?')} clips ({str(trained.get('sha256', ''))[:12]}), "
+                          f"on {trained.get('count', '?')} clips (names {digest}), "
                           f"classes {','.join(ft.get('classes') or [])}")
         for name, reason in list(r["failed"].items())[:10]:
             console.print(f"[yellow]{r['set']}[/]: clip {escape(name)} failed: {escape(reason)}")
