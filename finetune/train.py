@@ -299,8 +299,20 @@ def run_finetune(task: Task, table_path: Path, labels: Path, out: Path, split: S
         "train_seconds": round(res.seconds, 2),
         **saved,
     }
+    record["base_weights_hash"] = _base_hash(record)
     write_record(out, record)
     last = res.history[-1] if res.history else {}
     log.info("saved fine-tuned %s model to %s (%d clips, %d steps, last val WAF %s)", task.kind, out,
              len(res.trained), res.steps, f"{last['val_waf']:.3f}" if "val_waf" in last else "-")
     return record
+
+
+def _base_hash(record: dict[str, Any]) -> str | None:
+    """Content hash of the base model when it is a local folder or weights file (``None`` for hub ids)."""
+    from mer.store.provenance import hash_path
+
+    opts = record.get("model_options") or {}
+    for cand in (opts.get("pretrained"), record.get("base_dir"), record.get("base_model")):
+        if cand and Path(str(cand)).exists():
+            return hash_path(str(cand))
+    return None

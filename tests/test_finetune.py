@@ -217,6 +217,10 @@ def test_video_hf_clip_cli_trains_saves_and_extracts(tmp_path, models, video_dat
     assert prov["finetune"]["trained_on"]["count"] == len(trained)
     assert prov["finetune"]["trained_on"]["sha256"] == rec["trained_on"]["sha256"]
     assert "names" not in prov["finetune"]["trained_on"] and prov["finetune"]["base_model"] == str(models["hfclip"])
+    from mer.store import hash_path
+
+    assert prov["finetune"]["base_weights_hash"] == hash_path(models["hfclip"]) != prov["weights_hash"]
+    assert prov["weights_hash"] == hash_path(out)
     info = mer("store", "info", store)
     ok(info)
     assert "fine-tuned (video)" in info.stdout and f"on {len(trained)} clips" in info.stdout
