@@ -331,6 +331,17 @@ def test_text_llama_lora_merge_equals_adapter_and_holds_out(tmp_path, models, te
     with pytest.raises(FileExistsError, match="not empty"):  # refused before any model is loaded
         finetune_text(clips, labels, out, TextFinetuneConfig(model="no/such-model"), SplitConfig(), TrainConfig())
 
+    store = tmp_path / "t.zarr"
+    ok(mer("extract", "text", clips, "--store", store, "-e", "hf-text", "-m", out, "-O", "pooling=last", "--set", "l",
+           "--limit", "4", "--store-dtype", "float32"))
+    fs = FeatureStore(store, mode="r")["text/l"]
+    assert fs.dim == HIDDEN and fs.meta()["provenance"]["finetune"]["lora_targets"] == ["o_proj", "q_proj", "v_proj"]
+    with open(clips, encoding="utf-8") as f:
+        first = [TextClip(r["name"], r["text"]) for r in list(csv.DictReader(f))[:4]]
+    want = HFTextExtractor(HFTextConfig(model=str(out), pooling="last")).extract(first)
+    for row, w in zip(fs.read([c.name for c in first]), want):
+        np.testing.assert_allclose(row, w.values, atol=1e-5)
+
     items = [TextClip(f"s{i}", s) for i, s in enumerate(SENTENCES)]
     merged = HFTextExtractor(HFTextConfig(model=str(out), pooling="last")).extract(items)
     base_feats = HFTextExtractor(HFTextConfig(model=str(models["llama"]), pooling="last")).extract(items)
