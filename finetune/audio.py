@@ -38,6 +38,7 @@ class AudioFinetuneConfig:
     freeze_feature_encoder: bool = True  # keep the conv feature encoder frozen (the usual choice)
     unfreeze: int = -1  # last N transformer layers trained (-1: all of them)
     dropout: float = 0.1  # dropout on the pooled vector before the head
+    cache: bool = False  # keep each clip's decoded audio in memory: decode once, not every epoch
 
 
 class SpeechTask:
@@ -57,6 +58,7 @@ class SpeechTask:
                                                     normalize=cfg.normalize, window_s=0.0, device=device))
         self.settings = DecodeSettings(audio=AudioDecodeConfig(sample_rate=self.ext.sample_rate,
                                                                max_seconds=cfg.max_seconds))
+        self._cache: dict[str, Any] = {}
         model = self.ext.model
         if getattr(model.config, "layerdrop", 0.0):  # LayerDrop would drop entries of hidden_states mid-training
             log.info("speech fine-tune: layerdrop %.2f -> 0 (the head reads fixed layers)", model.config.layerdrop)
@@ -85,8 +87,14 @@ class SpeechTask:
                  sum(p.numel() for p in model.parameters()))
 
     def load(self, name: str) -> Any:
-        """Decode the clip's audio as ``mer extract audio`` does (cut at ``max_seconds``)."""
-        return load_item("audio", self.table, name, self.settings)
+        """Decode the clip's audio as ``mer extract audio`` does (cut at ``max_seconds``); with ``cache``
+        a clip is decoded once and kept in memory."""
+        if name in self._cache:
+            return self._cache[name]
+        clip = load_item("audio", self.table, name, self.settings)
+        if self.cfg.cache:
+            self._cache[name] = clip
+        return clip
 
     def _pooled(self, waves: list[Any]):  # list of float32 arrays -> [B, D]
         torch = self._torch

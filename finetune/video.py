@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mer.extractors.base import VideoClip
 from mer.pipeline.decode_video import VideoDecodeConfig
 from mer.pipeline.inputs import DecodeSettings, load_item
 from mer.store.tables import ClipTable, read_clip_table
@@ -44,6 +45,7 @@ class VideoFinetuneConfig:
     unfreeze: int = -1  # last N transformer blocks of the image tower trained (-1: the whole tower; 0: norm + projection only)
     max_frames: int | None = 16  # frames per clip used in training, evenly subsampled (None: all decoded frames)
     dropout: float = 0.1  # dropout on the utterance embedding before the head
+    cache: bool = False  # keep each clip's decoded frames (after max_frames) in memory: decode once, not every epoch
     decode: VideoDecodeConfig = field(default_factory=VideoDecodeConfig)  # frames: same settings as `mer extract video`
 
 
@@ -59,6 +61,7 @@ class ClipTask:
         self.cfg = cfg
         self.table = table
         self.settings = DecodeSettings(video=cfg.decode)
+        self._cache: dict[str, VideoClip] = {}
         self.ext = ClipExtractor(ClipConfig(model=cfg.model, backend=cfg.backend, pretrained=cfg.pretrained,
                                             image_size=cfg.image_size, device=device, dtype="float32"))
         self._torch = torch
@@ -108,20 +111,28 @@ class ClipTask:
 
     # -- Task protocol
     def load(self, name: str) -> Any:
-        """Decode the clip's frames exactly as ``mer extract video`` does."""
-        return load_item("video", self.table, name, self.settings)
+        """Decode the clip's frames exactly as ``mer extract video`` does (then keep ``max_frames`` of
+        them); with ``cache`` a clip is decoded once and kept in memory."""
+        if name in self._cache:
+            return self._cache[name]
+        clip = load_item("video", self.table, name, self.settings)
+        idx = self._frame_index(len(clip.frames))
+        if idx is not None:
+            clip = VideoClip(clip.name, clip.frames[idx], np.asarray(clip.times)[idx], clip.faces)
+        if self.cfg.cache:
+            self._cache[name] = clip
+        return clip
 
-    def _frames(self, frames: np.ndarray) -> np.ndarray:
+    def _frame_index(self, n: int) -> np.ndarray | None:
         k = self.cfg.max_frames
-        if k is None or len(frames) <= k:
-            return frames
-        idx = np.linspace(0, len(frames) - 1, int(k)).round().astype(int)
-        return frames[idx]
+        if k is None or n <= k:
+            return None
+        return np.linspace(0, n - 1, int(k)).round().astype(int)
 
     def embed(self, items: list[Any]):  # -> torch.Tensor [B, D]
         """Utterance embeddings: mean of each clip's frame embeddings (with gradients when training)."""
         torch = self._torch
-        frames = [self._frames(it.frames) for it in items]
+        frames = [it.frames for it in items]
         with torch.no_grad():
             x = torch.cat([self.ext.preprocess(f) for f in frames])
         emb = self.ext._embed(x).float()

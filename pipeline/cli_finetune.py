@@ -79,6 +79,7 @@ def video(
     unfreeze: int = typer.Option(-1, "--unfreeze", help="Train the last N blocks of the image tower (-1: all; "
                                  "0: final norm + projection only)."),
     max_frames: int = typer.Option(16, "--max-frames", help="Frames per clip used in training (evenly subsampled)."),
+    cache: bool = typer.Option(False, "--cache", help="Decode each clip once and keep its frames in memory."),
     fps: float = typer.Option(2.0, help="Frames sampled per second (as mer extract video)."),
     num_frames: int = typer.Option(None, help="Instead of --fps: this many frames evenly spaced per clip."),
     size: int = typer.Option(None, help="Resize frames so the shorter side has this many pixels."),
@@ -98,7 +99,7 @@ def video(
     from .decode_video import VideoDecodeConfig
 
     cfg = VideoFinetuneConfig(model=model, backend=backend, pretrained=pretrained, image_size=image_size,
-                              unfreeze=unfreeze, max_frames=max_frames,
+                              unfreeze=unfreeze, max_frames=max_frames, cache=cache,
                               decode=VideoDecodeConfig(fps=fps, num_frames=num_frames, size=size, faces=faces,
                                                        face_size=face_size))
     train = TrainConfig(epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, head_lr=head_lr,
@@ -164,6 +165,7 @@ def audio(
     train_feature_encoder: bool = typer.Option(False, "--train-feature-encoder",
                                                help="Also train the conv feature encoder (frozen by default)."),
     unfreeze: int = typer.Option(-1, "--unfreeze", help="Train the last N transformer layers only (-1: all)."),
+    cache: bool = typer.Option(False, "--cache", help="Decode each clip once and keep its audio in memory."),
     epochs: int = EPOCHS, batch_size: int = BATCH, accum: int = ACCUM,
     lr: float = typer.Option(2e-5, "--lr", help="Learning rate of the encoder."),
     head_lr: float = HEAD_LR, weight_decay: float = WD, warmup: float = WARMUP, device: str = DEVICE, amp: str = AMP,
@@ -176,7 +178,7 @@ def audio(
     from mer.finetune.train import TrainConfig
 
     cfg = AudioFinetuneConfig(model=model, layers=layers, layer_pool=layer_pool, max_seconds=max_seconds,
-                              freeze_feature_encoder=not train_feature_encoder, unfreeze=unfreeze)
+                              freeze_feature_encoder=not train_feature_encoder, unfreeze=unfreeze, cache=cache)
     train = TrainConfig(epochs=epochs, batch_size=batch_size, accum=accum, lr=lr, head_lr=head_lr,
                         weight_decay=weight_decay, warmup=warmup, device=device, amp=amp, seed=seed, threads=threads)
     split = _split(exclude, folds_from, fold, val_fraction, val, kfold, classes, limit, seed)

@@ -449,3 +449,29 @@ def test_split_options_kfold_val_list_and_fraction(tmp_path):
         select_clips(table, labels, SplitConfig(exclude=[str(tmp_path / "held.txt")], val=str(tmp_path / "val.txt")))
     sel = select_clips(table, labels, SplitConfig(val=str(tmp_path / "val.txt")))
     assert sel.val == held[:5] and len(sel.train) == len(rows) - 5
+
+
+def test_video_cache_decodes_once_and_max_frames_subsamples(tmp_path, models, video_data):
+    import shutil
+
+    from mer.finetune.video import ClipTask, VideoFinetuneConfig
+    from mer.pipeline.decode_errors import DecodeError
+    from mer.pipeline.decode_video import VideoDecodeConfig
+    from mer.store.tables import read_clip_table
+
+    name = video_data["names"][0]
+    (tmp_path / "v").mkdir()
+    shutil.copy(video_data["clips"].parent / "video" / f"{name}.mp4", tmp_path / "v" / "a.mp4")
+    table = read_clip_table(write_csv(tmp_path / "clips.csv", [{"name": name, "video": "v/a.mp4"}]))
+    decode = VideoDecodeConfig(fps=8)  # the clip has 8 frames
+    cached = ClipTask(VideoFinetuneConfig(model=str(models["openclip"]), max_frames=3, cache=True, decode=decode),
+                      table, 4)
+    plain = ClipTask(VideoFinetuneConfig(model=str(models["openclip"]), max_frames=None, decode=decode), table, 4)
+    first = cached.load(name)
+    full = plain.load(name)
+    assert len(full.frames) == 8 and len(first.frames) == 3
+    np.testing.assert_array_equal(first.frames, full.frames[[0, 4, 7]])  # evenly spaced, ends included
+    (tmp_path / "v" / "a.mp4").unlink()
+    assert cached.load(name) is first  # from memory: the file is gone
+    with pytest.raises(DecodeError):
+        plain.load(name)
