@@ -92,6 +92,9 @@ class Task(Protocol):
     def describe(self) -> dict[str, Any]:
         """Base model, model options and decode settings, for the record."""
 
+    # Optional: ``length(name) -> int`` (e.g. tokens of a subtitle). When a task has it, batches
+    # group clips of similar length (see :func:`mer.finetune.data.batches`).
+
 
 def _autocast(cfg: TrainConfig):
     """The autocast context of ``cfg`` (a null context on CPU or with amp off)."""
