@@ -20,7 +20,7 @@ from .featureset import FeatureSet
 from .featurestore import FeatureStore
 from .layout import ATTR
 from .lock import locked
-from .segments import list_segments
+from .segments import UNREADABLE_ERRORS, list_segments, read_segment_names
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
         if found:  # the other checks would index arrays that are not there
             return found
     pending = list_segments(fs.pending_dir)
+    for path in pending:
+        try:
+            read_segment_names(path)
+        except UNREADABLE_ERRORS as exc:
+            out.append(Problem(fs.key, f"write-ahead segment {path.name} is unreadable ({type(exc).__name__}: {exc}); "
+                               + ("set aside in _unreadable/: its clips are not done, the next run redoes them"
+                                  if repair else "`mer store repair` sets it aside and the next run redoes its clips"),
+                               fixed=repair))
     if pending:
         merged = fs.consolidate() if repair else 0
         out.append(Problem(fs.key, f"{len(pending)} write-ahead segments not consolidated"

@@ -22,7 +22,15 @@ from .errors import StoreError, StoreWriteError
 from .layout import ATTR, INDEX_CHUNK
 from .lock import locked
 from .provenance import utc_now
-from .segments import Segment, list_segments, read_segment, remove_pending_dir_if_empty, remove_stale_temporaries
+from .segments import (
+    UNREADABLE_ERRORS,
+    Segment,
+    list_segments,
+    read_segment,
+    remove_pending_dir_if_empty,
+    remove_stale_temporaries,
+    set_aside,
+)
 
 if TYPE_CHECKING:
     from .featureset import FeatureSet
@@ -61,7 +69,14 @@ def _consolidate(fs: FeatureSet, pending: Any, timeout: float) -> int:
         batch: list[Segment] = []
         size = 0
         for path in list_segments(pending):
-            seg = read_segment(path)
+            try:
+                seg = read_segment(path)
+            except UNREADABLE_ERRORS as exc:
+                moved = set_aside(path)
+                log.warning("%s: write-ahead segment %s is unreadable (%s: %s); set aside as %s: its clips are "
+                            "not done and the next run redoes them", fs.key, path.name, type(exc).__name__, exc,
+                            moved)
+                continue
             batch.append(seg)
             size += seg.nbytes
             if size >= MAX_BATCH_BYTES:

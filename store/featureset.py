@@ -20,7 +20,7 @@ import zarr
 from .errors import MissingClipsError
 from .layout import ATTR, PENDING_DIR
 from .provenance import Provenance
-from .segments import Segment, list_segments, read_segment_names, write_segment
+from .segments import UNREADABLE_ERRORS, Segment, list_segments, read_segment_names, write_segment
 
 if TYPE_CHECKING:
     from .writer import FeatureSetWriter
@@ -115,8 +115,8 @@ class FeatureSet:
         for path in list_segments(self.pending_dir):
             try:
                 d, f = read_segment_names(path)
-            except (OSError, ValueError, KeyError) as exc:  # deleted by a concurrent consolidation
-                log.debug("segment %s vanished while listing: %s", path, exc)
+            except UNREADABLE_ERRORS as exc:  # deleted by a concurrent consolidation, or damaged
+                log.debug("segment %s vanished or is unreadable: %s", path, exc)
                 continue
             done.update(d)
             failed.update(dict.fromkeys(f, "recorded in a pending segment"))

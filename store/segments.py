@@ -12,12 +12,17 @@ import logging
 import os
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# What reading a damaged segment file raises (cut short, overwritten, not a zip, missing arrays).
+UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+UNREADABLE_DIR = "_unreadable"  # beside _pending/: damaged segments set aside, kept for a person to look at
 
 
 @dataclass
@@ -105,6 +110,19 @@ def read_segment_names(path: Path) -> tuple[list[str], list[str]]:
     """Done and failed clip names of a segment, without loading its vectors."""
     with np.load(path, allow_pickle=False) as z:
         return z["names"].tolist(), z["failed_names"].tolist()
+
+
+def set_aside(path: Path) -> Path:
+    """Move an unreadable segment out of ``_pending/`` into the set's ``_unreadable/``; returns where.
+
+    Its clips stop counting as done, so the next run redoes them; the file is kept, not deleted.
+    """
+    dest = path.parent.parent / UNREADABLE_DIR
+    dest.mkdir(exist_ok=True)
+    target = dest / path.name
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    return target
 
 
 def list_segments(pending: Path) -> list[Path]:
