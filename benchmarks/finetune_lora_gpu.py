@@ -68,7 +68,6 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
-
     from mer.finetune.data import SplitConfig
     from mer.finetune.text import TextFinetuneConfig, finetune_text
     from mer.finetune.train import TrainConfig
