@@ -61,8 +61,8 @@ def adjust_posteriors(probs: np.ndarray, train_priors: np.ndarray, target_priors
     return out / np.maximum(out.sum(1, keepdims=True), _EPS)
 
 
-def em_priors(probs: np.ndarray, train_priors: np.ndarray, max_iter: int = 1000,
-              tol: float = 1e-8) -> tuple[np.ndarray, int]:
+def em_priors(probs: np.ndarray, train_priors: np.ndarray, max_iter: int = 5000,
+              tol: float = 1e-7) -> tuple[np.ndarray, int]:
     """Saerens-Latinne-Decaestecker EM estimate of the priors of the rows of ``probs``.
 
     Args:

@@ -46,6 +46,9 @@ def train(
     train_option: list[str] = typer.Option(None, "--train", "-T", help="Training key=value, e.g. -T epochs=80."),
     seed: int = typer.Option(0, "--seed", help="Seed of folds, initialisation and batch order."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    classes: str = typer.Option(None, "--classes", help="The label set, in output order (a label outside it is "
+                                "an error): e.g. mer for the MER classes, or neutral,angry,happy,... "
+                                "Default: the sorted labels found."),
 ) -> None:
     """k-fold training on stored features; writes config, checkpoints, metrics.json and plots."""
     from mer.fusion.config import TrainConfig, config_from_dict
@@ -53,8 +56,12 @@ def train(
 
     tcfg = config_from_dict(TrainConfig, {**_kv(train_option), "seed": seed, "device": device})
     keys = [k.strip() for k in features.split(",") if k.strip()]
+    from mer.store.tables import MER_CLASSES, RAVDESS_CLASSES
+
+    named = {"mer": list(MER_CLASSES), "ravdess": list(RAVDESS_CLASSES)}
+    class_list = named.get(classes) or ([c.strip() for c in classes.split(",") if c.strip()] if classes else None)
     metrics = train_run(store, keys, labels, out, model=model, model_config=_kv(option), train=tcfg,
-                        folds=folds, clips_csv=clips, group_col=group_col, val=val)
+                        folds=folds, clips_csv=clips, group_col=group_col, val=val, classes=class_list)
     s = metrics["summary"]
     typer.echo(f"{model} on {', '.join(keys)}: {len(metrics['folds'])} folds")
     typer.echo(f"WAF {s['waf']['mean']:.4f} ± {s['waf']['std']:.4f}   accuracy {s['accuracy']['mean']:.4f} ± "

@@ -94,31 +94,36 @@ SHIFTS = {"happy-heavy": [0.05, 0.10, 0.45, 0.25, 0.10, 0.05],
           "worried-heavy": [0.10, 0.10, 0.10, 0.10, 0.50, 0.10]}
 
 
-@pytest.mark.parametrize("shift", list(SHIFTS))
-def test_known_shift_on_real_features(mer_text, shift):
+@pytest.mark.parametrize("method", ["em", "bbse"])
+def test_known_shift_on_real_features(mer_text, method):
+    """Per shift: the estimate is much closer to the truth than the training priors and WAF does
+    not drop; over the three shifts WAF rises clearly."""
     from mer.fusion.predict import fold_probs, run_oof
     from mer.store.tables import read_labels
 
     labels = read_labels(MER / "test1-labels.csv")
     names, per_fold, classes = fold_probs(mer_text / "run", mer_text / "features.zarr", list(labels))
     y = np.array([classes.index(labels[n]) for n in names])
-    rng = np.random.default_rng(0)
-    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(share * 600)), replace=True)
-                          for c, share in enumerate(SHIFTS[shift])])
-    ys, fp = y[idx], per_fold[:, idx]
-    true = np.bincount(ys, minlength=len(classes)) / len(ys)
     oof = run_oof(mer_text / "run")
     assert oof.fold is not None and set(oof.fold.tolist()) == {0, 1, 2, 3, 4}
-    l1_train = np.abs(oof.priors - true).sum()
-    waf_before = f1_score(ys, fp.mean(0).argmax(1), average="weighted")
-    assert l1_train > 0.5  # a clear shift
-    for method in ("em", "bbse"):
+    gains = []
+    for shift, mix in SHIFTS.items():
+        rng = np.random.default_rng(0)
+        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(share * 600)), replace=True)
+                              for c, share in enumerate(mix)])
+        ys, fp = y[idx], per_fold[:, idx]
+        true = np.bincount(ys, minlength=len(classes)) / len(ys)
+        l1_train = np.abs(oof.priors - true).sum()
+        assert l1_train > 0.5  # a clear shift
+        waf_before = f1_score(ys, fp.mean(0).argmax(1), average="weighted")
         fix = correct(fp.mean(0), method, oof, fold_probs=fp)
         l1 = np.abs(fix.priors - true).sum()
         waf = f1_score(ys, fix.probs.argmax(1), average="weighted")
         print(f"{shift} {method}: L1 {l1_train:.3f} -> {l1:.3f}, WAF {waf_before:.4f} -> {waf:.4f}")
-        assert l1 < 0.75 * l1_train, (method, fix.priors.round(3), true.round(3))
-        assert waf > waf_before + 0.01, (method, waf_before, waf)
+        assert l1 < 0.75 * l1_train, (shift, fix.priors.round(3), true.round(3))
+        assert waf > waf_before - 0.005, (shift, waf_before, waf)
+        gains.append(waf - waf_before)
+    assert np.mean(gains) > 0.03, gains
 
 
 def test_predict_cli_prior_correction_and_vote(mer_text, tmp_path):

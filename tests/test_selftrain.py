@@ -91,3 +91,12 @@ def test_selftrain_refusals(mer_text, tmp_path):
     res = _run("fuse", "selftrain", "--run", mer_text / "run", "--store", mer_text / "features.zarr",
                "--pool", mer_text / "pool.csv", "--out", tmp_path / "st", "--agreement")
     assert res.returncode == 1 and "needs source 'ensemble'" in res.stderr
+
+
+def test_train_classes_option_refuses_a_typo(mer_text, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,discrete\nsample_00000011,happy\nsample_00000018,hapy\n")
+    res = _run("fuse", "train", "-s", mer_text / "features.zarr", "-f", "text/minilm", "-l", labels,
+               "-o", tmp_path / "run", "--classes", "mer")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "hapy" in res.stderr and "sample_00000018" in res.stderr
