@@ -78,7 +78,7 @@ def mlp_waf(store: Path, key: str, data: Path, run: Path, epochs: int) -> dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/mer2023"))
+    ap.add_argument("--data", type=Path, default=Path("examples/mer2023"))
     ap.add_argument("--work", type=Path, default=Path("bench-out/finetune-minilm"))
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     ap.add_argument("--lr", type=float, default=5e-5, help="fine-tuning learning rate of MiniLM")

@@ -28,7 +28,7 @@ from mer.store.tables import MER_CLASSES, read_names
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/mer2023"))
+    ap.add_argument("--data", type=Path, default=Path("examples/mer2023"))
     ap.add_argument("--work", type=Path, default=Path("bench-out/mer2023"))
     ap.add_argument("--epochs", type=int, default=60)
     args = ap.parse_args()

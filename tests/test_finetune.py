@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from conftest import SAMPLE, SHARED, mer_cli  # noqa: E402
+from conftest import MER2023, SAMPLE, mer_cli  # noqa: E402
 from mer.store import FeatureStore  # noqa: E402
 from tiny_models import (  # noqa: E402
     CLIP_PROJECTION,
@@ -40,7 +40,7 @@ from tiny_models import (  # noqa: E402
     build_open_clip,
 )
 
-MER2023 = SHARED / "mer2023"
+
 F16 = dict(atol=3e-3, rtol=3e-3)  # stored float16 vs float32 computed here
 
 
