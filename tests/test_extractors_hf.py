@@ -33,7 +33,7 @@ from tiny_models import (  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAVDESS_AUDIO = SHARED / "ravdess" / "audio"
-MER_TRANSCRIPTS = SHARED / "mer2023" / "transcription.csv"
+MER_TRANSCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "mer2023" / "transcription.csv"
 
 ATOL = 1e-4
 
