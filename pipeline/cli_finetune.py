@@ -7,16 +7,9 @@ from typing import Any
 
 import typer
 
+from .cli_extract import _one_of
+
 app = typer.Typer(no_args_is_help=True)
-
-
-def _one_of(choices: list[str]) -> Any:
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return check
 
 
 CLIPS = typer.Argument(..., help="Clip table CSV (name, video, text, ...).")
