@@ -100,3 +100,26 @@ def test_train_classes_option_refuses_a_typo(mer_text, tmp_path):
                "-o", tmp_path / "run", "--classes", "mer")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "hapy" in res.stderr and "sample_00000018" in res.stderr
+
+
+def test_selftrain_ensemble_source_with_agreement_and_prior_correction(mer_text, tmp_path):
+    """Ensemble pseudo-labels are the same for every fold; agreement of all fold models and EM-corrected
+    pool posteriors are recorded; fewer clips pass with agreement than without."""
+    from mer.fusion.selftrain import run_selftrain
+    from mer.store.tables import read_names
+
+    pool = read_names(mer_text / "pool.csv")
+    common = dict(rounds=1, threshold=0.6, source="ensemble", prior_correction="em")
+    loose = run_selftrain(mer_text / "run", mer_text / "features.zarr", pool, tmp_path / "loose",
+                          SelfTrainConfig(**common), progress=False)
+    strict = run_selftrain(mer_text / "run", mer_text / "features.zarr", pool, tmp_path / "strict",
+                           SelfTrainConfig(**common, agreement=True), progress=False)
+    for summary, out in ((loose, tmp_path / "loose"), (strict, tmp_path / "strict")):
+        folds = json.loads((out / "round1" / "metrics.json").read_text())["folds"]
+        assert len({f["n_pseudo"] for f in folds}) == 1  # one ensemble selection shared by all folds
+        assert folds[0]["n_pseudo"] == round(sum(summary["rounds"][1]["pseudo_per_class"].values()))
+        priors = summary["rounds"][0]["pool_priors"]  # EM estimate of the pool's class mix
+        assert set(priors) == set(MER_CLASSES) and abs(sum(priors.values()) - 1) < 1e-3
+    n_loose = sum(loose["rounds"][1]["pseudo_per_class"].values())
+    n_strict = sum(strict["rounds"][1]["pseudo_per_class"].values())
+    assert 0 < n_strict < n_loose
