@@ -27,7 +27,6 @@ Prints one line per kill, then the figures; last line ``soak_lost_clips: N`` (go
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import shutil
@@ -36,40 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 from mer.store import FeatureStore
 from mer.store.check import check_store
 
-SR = 16000
+from extract_scaling import write_clips, write_table  # benchmarks/ is on sys.path when run as a script
+
 KEY = "audio/soak"
-
-
-def write_clips(folder: Path, n: int, seconds: float) -> list[str]:
-    """``n`` distinct mono 16-bit WAV files (a tone plus noise), named ``c000000``..."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * SR)) / SR
-    names = []
-    for i in range(n):
-        x = 0.3 * np.sin(2 * np.pi * (200 + i % 500) * t) + 0.05 * rng.standard_normal(len(t))
-        with wave.open(str(folder / f"c{i:06d}.wav"), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(SR)
-            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-        names.append(f"c{i:06d}")
-    return names
-
-
-def write_table(path: Path, names: list[str]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "audio"])
-        w.writerows([name, f"clips/{name}.wav"] for name in names)
-    return path
 
 
 def make_hubert(folder: Path) -> Path:
