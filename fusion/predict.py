@@ -52,6 +52,20 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def fold_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``fold<k>.pt`` files in fold order (``fold10.pt`` after ``fold9.pt``)."""
+    return sorted(Path(run_dir).glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
+
+
+def saved_folds(run_dir: Path) -> list[tuple[int, list[str]]]:
+    """``(fold index, validation clip names)`` of each fold checkpoint of a run, in fold order."""
+    out = []
+    for ckpt in fold_checkpoints(run_dir):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        out.append((int(state["fold"]), [str(n) for n in state.get("val_names", [])]))
+    return out
+
+
 def run_oof(run_dir: Path) -> OutOfFold:
     """The run's out-of-fold predictions (for prior correction: training priors, calibration, BBSE)."""
     run_dir = resolve_run(run_dir)
@@ -62,11 +76,10 @@ def run_oof(run_dir: Path) -> OutOfFold:
     oof = read_oof(path, config["classes"], bool(config["train"].get("class_weights", False)))
     position = {n: i for i, n in enumerate(oof.names)}
     fold = np.full(len(oof.names), -1, dtype=np.int64)
-    for ckpt in sorted(run_dir.glob("fold*.pt"), key=lambda p: int(p.stem[4:])):
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        for name in state.get("val_names", []):
+    for k, val_names in saved_folds(run_dir):
+        for name in val_names:
             if name in position:
-                fold[position[name]] = int(state["fold"])
+                fold[position[name]] = k
     if (fold >= 0).all():
         oof.fold = fold
     return oof
@@ -99,7 +112,7 @@ def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None,
     check_store_matches(config, store)
     data = load_features(store, config["features"], names, config["train"]["max_frames"])
     classes = config["classes"]
-    checkpoints = sorted(run_dir.glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
+    checkpoints = fold_checkpoints(run_dir)
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} holds no fold checkpoints (fold*.pt)")
     rows = np.arange(len(data))

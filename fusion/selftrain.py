@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .data import load_features
 from .folds import Fold
 from .models import build_model
-from .predict import check_store_matches, fold_probs, load_run, resolve_run, run_oof
+from .predict import check_store_matches, fold_probs, load_run, resolve_run, run_oof, saved_folds
 from .priors import adjust_posteriors, correct
 from .run import fit_folds, write_run
 
@@ -99,17 +99,15 @@ def select_pseudo(probs: np.ndarray, classes: list[str], cfg: SelfTrainConfig,
 def _base_folds(run_dir: Path, names: list[str]) -> list[Fold]:
     """The base run's folds, from the validation names saved in its checkpoints."""
     position = {n: i for i, n in enumerate(names)}
-    ckpts = sorted(run_dir.glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
     folds = []
-    for ckpt in ckpts:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        lost = [n for n in state["val_names"] if n not in position]
+    for k, val_names in saved_folds(run_dir):
+        lost = [n for n in val_names if n not in position]
         if lost:
-            raise ValueError(f"{ckpt}: {len(lost)} validation clips are no longer labelled or in the store "
-                             f"(first: {', '.join(lost[:5])})")
-        val = np.sort(np.array([position[n] for n in state["val_names"]], np.int64))
+            raise ValueError(f"{run_dir / f'fold{k}.pt'}: {len(lost)} validation clips are no longer labelled or "
+                             f"in the store (first: {', '.join(lost[:5])})")
+        val = np.sort(np.array([position[n] for n in val_names], np.int64))
         train = np.setdiff1d(np.arange(len(names)), val).astype(np.int64)
-        folds.append(Fold(int(state["fold"]), train, val))
+        folds.append(Fold(k, train, val))
     return folds
 
 
