@@ -19,7 +19,7 @@ import torch
 from mer.store import FeatureStore, StoreError
 from mer.store.provenance import identity_differences
 
-from .data import Standardizer, load_features
+from .data import FusionData, Standardizer, load_features
 from .models import build_model
 from .priors import OutOfFold, PriorCorrection, correct, parse_priors, read_oof
 from .run import set_identity
@@ -103,6 +103,22 @@ def check_store_matches(config: dict[str, Any], store: FeatureStore) -> None:
                                + "\n".join(problems))
 
 
+def predict_folds(run_dir: Path, config: dict[str, Any], data: FusionData, rows: np.ndarray,
+                  device: str = "cpu") -> np.ndarray:
+    """Each fold model of the run on ``rows`` of ``data`` (loaded for the run's sets): ``[K, len(rows), C]``."""
+    checkpoints = fold_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir} holds no fold checkpoints (fold*.pt)")
+    out = []
+    for ckpt in checkpoints:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model = build_model(config["model"], config["model_config"], data.dims, data.utt, len(config["classes"]))
+        model.load_state_dict(state["state_dict"])
+        model.to(device)
+        out.append(predict_probs(model, data, rows, Standardizer.from_state(state["norm"]), device))
+    return np.stack(out).astype(np.float32)
+
+
 def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None,
                device: str = "cpu") -> tuple[list[str], np.ndarray, list[str]]:
     """Each fold model's probabilities; returns (names, probs ``[K, N, C]``, classes)."""
@@ -111,19 +127,7 @@ def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None,
     store = FeatureStore(store_path, mode="r")
     check_store_matches(config, store)
     data = load_features(store, config["features"], names, config["train"]["max_frames"])
-    classes = config["classes"]
-    checkpoints = fold_checkpoints(run_dir)
-    if not checkpoints:
-        raise FileNotFoundError(f"{run_dir} holds no fold checkpoints (fold*.pt)")
-    rows = np.arange(len(data))
-    out = []
-    for ckpt in checkpoints:
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model = build_model(config["model"], config["model_config"], data.dims, data.utt, len(classes))
-        model.load_state_dict(state["state_dict"])
-        model.to(device)
-        out.append(predict_probs(model, data, rows, Standardizer.from_state(state["norm"]), device))
-    return data.names, np.stack(out).astype(np.float32), classes
+    return data.names, predict_folds(run_dir, config, data, np.arange(len(data)), device), config["classes"]
 
 
 def predict_run(run_dir: Path, store_path: Path, names: list[str] | None = None,

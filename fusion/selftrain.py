@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .data import load_features
 from .folds import Fold
 from .models import build_model
-from .predict import check_store_matches, fold_probs, load_run, resolve_run, run_oof, saved_folds
+from .predict import check_store_matches, load_run, predict_folds, resolve_run, run_oof, saved_folds
 from .priors import adjust_posteriors, correct
 from .run import fit_folds, write_run
 
@@ -188,7 +188,7 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
 
     base_metrics = json.loads((base / "metrics.json").read_text())
     rounds = [_round_row(0, base_metrics, str(base.resolve()))]
-    _, per_fold, _ = fold_probs(base, store_path, pool, train_cfg.device)
+    per_fold = predict_folds(base, config, data, pool_rows, train_cfg.device)
     best, stale, prev_dir = 0, 0, base
     for r in range(1, cfg.rounds + 1):
         posteriors, shift = _pool_posteriors(per_fold, prev_dir, cfg.prior_correction)
