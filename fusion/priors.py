@@ -258,18 +258,23 @@ class PriorCorrection:
     def as_dict(self) -> dict:
         """JSON-ready summary (no per-clip data)."""
         return {"method": self.method, "classes": self.classes,
-                "train_priors": {c: round(float(p), 6) for c, p in zip(self.classes, self.train_priors)},
-                "estimated_priors": {c: round(float(p), 6) for c, p in zip(self.classes, self.priors)},
-                "predicted_before": _freq(self.details.get("pred_before"), len(self.classes), self.classes),
-                "predicted_after": _freq(self.probs.argmax(1), len(self.classes), self.classes),
+                "train_priors": per_class(self.train_priors, self.classes),
+                "estimated_priors": per_class(self.priors, self.classes),
+                "predicted_before": predicted_shares(self.details.get("pred_before"), self.classes),
+                "predicted_after": predicted_shares(self.probs.argmax(1), self.classes),
                 **{k: v for k, v in self.details.items() if k != "pred_before"}}
 
 
-def _freq(pred: np.ndarray | None, n: int, classes: list[str]) -> dict[str, float] | None:
+def per_class(values: np.ndarray, classes: list[str], digits: int = 6) -> dict[str, float]:
+    """``[C]`` numbers as a JSON-ready ``class -> value`` dict, rounded."""
+    return {c: round(float(v), digits) for c, v in zip(classes, values)}
+
+
+def predicted_shares(pred: np.ndarray | None, classes: list[str], digits: int = 6) -> dict[str, float] | None:
+    """Share of each class among the class indices ``pred`` (``None`` when there are none)."""
     if pred is None or len(pred) == 0:
         return None
-    f = np.bincount(np.asarray(pred, np.int64), minlength=n) / len(pred)
-    return {c: round(float(p), 6) for c, p in zip(classes, f)}
+    return per_class(np.bincount(np.asarray(pred, np.int64), minlength=len(classes)) / len(pred), classes, digits)
 
 
 def _estimate(probs: np.ndarray, method: str, oof: OutOfFold, calibrate: bool) -> tuple[np.ndarray, dict]:
@@ -324,7 +329,7 @@ def correct(probs: np.ndarray, method: str, oof: OutOfFold, given: np.ndarray | 
             estimates.append(est)
         priors = _normalise(np.mean(estimates, axis=0))
         details["per_fold"] = True
-        details["fold_std"] = {c: round(float(v), 4) for c, v in zip(oof.classes, np.std(estimates, axis=0))}
+        details["fold_std"] = per_class(np.std(estimates, axis=0), oof.classes, 4)
     else:
         priors, info = _estimate(probs, method, oof, calibrate)
         details.update(info)

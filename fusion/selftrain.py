@@ -42,7 +42,7 @@ from .data import load_features
 from .folds import Fold
 from .models import build_model
 from .predict import check_store_matches, load_run, predict_folds, resolve_run, run_oof, saved_folds
-from .priors import adjust_posteriors, correct
+from .priors import adjust_posteriors, correct, per_class, predicted_shares
 from .run import fit_folds, write_run
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def _pool_posteriors(per_fold: np.ndarray, run_dir: Path, method: str) -> tuple[
         return per_fold, {}
     fix = correct(per_fold.mean(0), method, run_oof(run_dir), fold_probs=per_fold)
     out = np.stack([adjust_posteriors(p, fix.train_priors, fix.priors) for p in per_fold])
-    return out, {"pool_priors": {c: round(float(p), 4) for c, p in zip(fix.classes, fix.priors)}}
+    return out, {"pool_priors": per_class(fix.priors, fix.classes, 4)}
 
 
 def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, cfg: SelfTrainConfig | None = None,
@@ -194,7 +194,7 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
         posteriors, shift = _pool_posteriors(per_fold, prev_dir, cfg.prior_correction)
         extra, counts = _select(posteriors, classes, cfg, len(folds), n_lab)
         # what round r-1's models said about the pool
-        rounds[-1].update({"pool_predicted": _dist(posteriors.mean(0).argmax(1), classes), **shift})
+        rounds[-1].update({"pool_predicted": predicted_shares(posteriors.mean(0).argmax(1), classes, 4), **shift})
         round_dir = out / f"round{r}"
         round_dir.mkdir(parents=True, exist_ok=True)
         (round_dir / "config.json").write_text(json.dumps(
@@ -218,10 +218,10 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
                 log.info("stopping: %d round(s) without a better out-of-fold WAF", stale)
                 break
     posteriors, shift = _pool_posteriors(per_fold, prev_dir, cfg.prior_correction)
-    rounds[-1].update({"pool_predicted": _dist(posteriors.mean(0).argmax(1), classes), **shift})
+    rounds[-1].update({"pool_predicted": predicted_shares(posteriors.mean(0).argmax(1), classes, 4), **shift})
     summary = {"base": str(base.resolve()), "store": str(store_path), "pool": len(pool), "config": asdict(cfg),
                "classes": classes, "rounds": rounds, "best_round": best, "best_dir": rounds[best]["dir"],
-               "train_priors": _dist(y[:n_lab], classes)}
+               "train_priors": predicted_shares(y[:n_lab], classes, 4)}
     (out / "selftrain.json").write_text(json.dumps(summary, indent=2))
     from .selftrain_plots import plot_rounds
 
@@ -245,7 +245,7 @@ def _select(posteriors: np.ndarray, classes: list[str], cfg: SelfTrainConfig, n_
             rows, lab = select_pseudo(posteriors[k], classes, cfg)
             chosen.append((rows + offset, lab))
     counts = np.mean([np.bincount(lab, minlength=len(classes)) for _, lab in chosen], axis=0)
-    return chosen, {c: round(float(v), 2) for c, v in zip(classes, counts)}
+    return chosen, per_class(counts, classes, 2)
 
 
 def _pseudo_accuracy(extra: list[tuple[np.ndarray, np.ndarray]], pool: list[str], offset: int,
@@ -258,11 +258,6 @@ def _pseudo_accuracy(extra: list[tuple[np.ndarray, np.ndarray]], pool: list[str]
                 total += 1
                 hits += truth[name] == classes[c]
     return round(hits / total, 4) if total else None
-
-
-def _dist(pred: np.ndarray, classes: list[str]) -> dict[str, float]:
-    f = np.bincount(np.asarray(pred, np.int64), minlength=len(classes)) / max(len(pred), 1)
-    return {c: round(float(v), 4) for c, v in zip(classes, f)}
 
 
 def _round_row(r: int, metrics: dict[str, Any], where: str) -> dict[str, Any]:
