@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,26 @@ class HFTextConfig(ExtractorConfig):
     device_map: str | None = None  # e.g. "auto": spread a large model over the GPUs with accelerate; None: load on `device`
 
 
+def load_padding_tokenizer(model: str | Path, trust_remote_code: bool = False, name: str | None = None) -> Any:
+    """``AutoTokenizer`` of ``model`` padding on the right; a tokenizer without a pad token (Llama,
+    Qwen...) pads with its eos or unk token, since padded positions are masked out anyway.
+
+    Raises:
+        ValueError: the tokenizer has none of pad, eos and unk (``name`` names the model).
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(f"tokenizer of {(name or str(model))!r} has no pad, eos or unk token to pad with")
+        tokenizer.pad_token = fallback
+        log.info("tokenizer of %s has no pad token; padding with %r (masked out)", name or model, fallback)
+    return tokenizer
+
+
 @register_extractor("hf-text")
 class HFTextExtractor(Extractor):
     """Hidden states of a Hugging Face text model for each subtitle.
@@ -50,7 +71,7 @@ class HFTextExtractor(Extractor):
     def __init__(self, config: HFTextConfig) -> None:
         super().__init__(config)
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         self.config: HFTextConfig = config
         self._torch = torch
@@ -61,14 +82,7 @@ class HFTextExtractor(Extractor):
         if config.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {config.max_tokens}")
         trc = bool(config.trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=trc)
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
-            if fallback is None:
-                raise ValueError(f"tokenizer of {config.model!r} has no pad, eos or unk token to pad with")
-            self.tokenizer.pad_token = fallback
-            log.info("hf-text: tokenizer has no pad token; padding with %r (masked out)", fallback)
+        self.tokenizer = load_padding_tokenizer(config.model, trc, name=config.model)
         load_kw: dict[str, Any] = {"trust_remote_code": trc, **dtype_kwargs(config.dtype)}
         if config.device_map:
             load_kw["device_map"] = config.device_map

@@ -58,7 +58,8 @@ class TextTask:
         from mer.extractors.base import torch_dtype
         from mer.extractors.bundled import resolve_model
         from mer.extractors.hf_speech import dtype_kwargs
-        from transformers import AutoModel, AutoTokenizer
+        from mer.extractors.hf_text import load_padding_tokenizer
+        from transformers import AutoModel
 
         if cfg.pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', got {cfg.pooling!r}")
@@ -75,13 +76,7 @@ class TextTask:
         torch_dtype(dtype)  # validates the name
         self.dtype = dtype
         trc = bool(cfg.trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=trc)
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
-            if fallback is None:
-                raise ValueError(f"tokenizer of {cfg.model!r} has no pad, eos or unk token to pad with")
-            self.tokenizer.pad_token = fallback
+        self.tokenizer = load_padding_tokenizer(self.model_dir, trc, name=cfg.model)
         model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=trc, **dtype_kwargs(dtype))
         model.to(self.device)
         if cfg.gradient_checkpointing:
