@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def prov():
         return Provenance(**kw)
 
     return make
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A CSV file (clip table, labels...) with the columns of the first row."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def mer_cli() -> list[str]:

@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from conftest import SAMPLE, SHARED, mer_cli  # noqa: E402
+from conftest import write_csv as write_table  # noqa: E402
 from media import write_av  # noqa: E402
 from mer.extractors import extractor_names, get_extractor  # noqa: E402
 from mer.store import FeatureStore  # noqa: E402
@@ -73,14 +74,6 @@ def direct(extractor: str, model: Path, items: list, **kw) -> list[np.ndarray]:
     cls = get_extractor(extractor)
     ext = cls(cls.config_class(model=str(model), **kw))
     return [f.values for f in ext.extract(items)]
-
-
-def write_table(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")

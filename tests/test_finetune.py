@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from conftest import MER2023, SAMPLE, mer_cli  # noqa: E402
+from conftest import MER2023, SAMPLE, mer_cli, write_csv  # noqa: E402
 from mer.store import FeatureStore  # noqa: E402
 from tiny_models import (  # noqa: E402
     CLIP_PROJECTION,
@@ -57,14 +57,6 @@ def mer_all(*commands: tuple[object, ...]) -> list[subprocess.CompletedProcess[s
 
 def ok(res: subprocess.CompletedProcess[str]) -> None:
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-
-
-def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def record_of(out: Path) -> dict:

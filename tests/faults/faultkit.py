@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from conftest import mer_cli
+from conftest import write_csv as write_table  # noqa: F401 - the fault tests import it from here
 
 SR = 16000
 TIMEOUT = 300
@@ -108,15 +109,6 @@ def report_counts(res: subprocess.CompletedProcess[str]) -> tuple[int, int, int,
 
 
 # ---- inputs -------------------------------------------------------------------------------------
-def write_table(path: Path, rows: list[dict[str, str]]) -> Path:
-    """A clip table CSV (columns from the first row)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
 def write_wav(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
     """Mono 16-bit PCM WAV."""
     path.parent.mkdir(parents=True, exist_ok=True)
