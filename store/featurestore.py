@@ -122,6 +122,10 @@ class FeatureStore:
                 log.info("--force: deleting feature set %s to start it anew", key)
                 self.delete(key)
             modality, name = key.split("/")
+            half_made = self.path / key
+            if half_made.exists():  # a writer killed while creating the set: no ledger, no data
+                log.warning("feature set %s was left half-created by an interrupted run; creating it anew", key)
+                shutil.rmtree(half_made)
             root = zarr.open_group(str(self.path), mode="a")
             group = root.require_group(modality).create_group(name)
             create_arrays(group, level, int(dim), dtype)

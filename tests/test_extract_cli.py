@@ -164,7 +164,8 @@ def test_sigkill_mid_extract_then_rerun(tmp_path, clips):
     done = 0
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if (killed / TEXT_SET).exists():
+        # the set's directory appears before its metadata is written: ask the store, not the path
+        if TEXT_SET in FeatureStore(killed):
             done = len(FeatureStore(killed)[TEXT_SET].done_names())
             if done:
                 break
