@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def decode_audio(name: str, path: Path, cfg: AudioDecodeConfig | None = None) ->
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise DecodeError(name, f"no audio track in {path} (streams: {', '.join(kinds)})")
         stream = container.streams.audio[0]
-        declared = _declared_seconds(container, stream)
+        declared = _wav_header_seconds(path) or _declared_seconds(container, stream)
         resampler: av.AudioResampler | None = None
         try:
             for packet in container.demux(stream):
@@ -176,3 +177,37 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.audio.s
     if container.duration is not None:
         return container.duration / av.time_base
     return None
+
+
+def _wav_header_seconds(path: Path) -> float | None:
+    """Duration a RIFF/WAVE file's ``data`` chunk header declares, or None for other files.
+
+    FFmpeg caps a WAV's duration at what the file holds, so a WAV cut short looks whole to it; the
+    header written before the cut still says how long the audio was. Streamed WAVs whose header
+    carries no size (0 or 0xFFFFFFFF) give None.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            rate = align = 0
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    if len(fmt) < 14:
+                        return None
+                    rate, align = struct.unpack("<I", fmt[4:8])[0], struct.unpack("<H", fmt[12:14])[0]
+                    f.seek(size % 2, 1)
+                elif cid == b"data":
+                    if not rate or not align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size / align / rate
+                else:
+                    f.seek(size + size % 2, 1)  # chunks are padded to an even size
+    except OSError:
+        return None

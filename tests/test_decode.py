@@ -96,6 +96,24 @@ def test_audio_truncated(media: dict[str, Path], key: str, caplog: pytest.LogCap
         assert any("cut" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+def test_cut_wav_is_reported_from_its_header(media: dict[str, Path], tmp_path: Path) -> None:
+    from mer.pipeline.decode_audio import _wav_header_seconds
+
+    whole = media["wav"]
+    assert _wav_header_seconds(whole) == pytest.approx(SECONDS, abs=0.05)
+    assert decode_audio("whole", whole).partial is None
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(raw[: len(raw) // 4])
+    clip = decode_audio("cutwav", cut)  # FFmpeg decodes it without complaint
+    assert clip.partial is not None and f"declares {SECONDS:.2f} s (truncated file?)" in clip.partial
+    streamed = tmp_path / "streamed.wav"  # a header written before the length was known
+    i = raw.index(b"data")
+    streamed.write_bytes(raw[: i + 4] + b"\xff\xff\xff\xff" + raw[i + 8:])
+    assert _wav_header_seconds(streamed) is None and decode_audio("s", streamed).partial is None
+    assert _wav_header_seconds(media["flac"]) is None
+
+
 def test_windows() -> None:
     sr = 16000
     x = np.zeros(25 * sr, np.float32)

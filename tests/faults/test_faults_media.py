@@ -92,6 +92,7 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
     long = tone(25.0, hz=250)
     write_wav(m / "long.wav", long)
     write_wav(m / "normal.wav", tone(1.0, hz=440))
+    _cut(write_wav(m / "whole.wav", tone(3.0, hz=330)), m / "cutwav.wav")  # header still says 3 s
     _cut(write_av(m / "full.mp4", faststart=True), m / "cut.mp4")  # index first: the audio before the cut decodes
     (m / "corrupt.wav").write_bytes(b"RIFF" + np.random.default_rng(1).bytes(3000))
     (m / "zero.wav").write_bytes(b"")
@@ -99,7 +100,7 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
             {"name": "fromvideo", "audio": "", "video": "media/with_audio.mp4"},
             {"name": "cut", "audio": "", "video": "media/cut.mp4"}]
     rows += [{"name": n, "audio": f"media/{n}.wav", "video": ""}
-             for n in ("short", "silence", "long", "normal", "corrupt", "zero", "missing")]
+             for n in ("short", "silence", "long", "normal", "cutwav", "corrupt", "zero", "missing")]
     rows.append({"name": "nopath", "audio": "", "video": ""})
     table = write_table(tmp_path / "clips.csv", rows)
     store = tmp_path / "s.zarr"
@@ -115,9 +116,9 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
         "missing": "file not found: media/missing.wav",
         "nopath": "no audio or video path in the clip table",
     })
-    assert report_counts(res) == (11, 6, 0, 5)
+    assert report_counts(res) == (12, 7, 0, 5)
     fs = FeatureStore(store)[key]
-    done = ["fromvideo", "short", "silence", "long", "normal", "cut"]
+    done = ["fromvideo", "short", "silence", "long", "normal", "cut", "cutwav"]
     assert sorted(fs.names()) == sorted(done)
     x = dict(zip(done, fs.read(done, dtype="float32")))
     assert all(np.isfinite(v).all() for v in x.values())
@@ -141,3 +142,6 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
     assert np.isnan(fs.read_extra("partial_decode", ["normal"])[0])
     # silence is a valid input: finite, and not the vector of a tone
     assert not np.allclose(x["silence"], x["normal"], atol=1e-2)
+    # a WAV cut short decodes cleanly (FFmpeg sizes it by the file), but its header says 3 s
+    assert "partly decoded clip cutwav: decoded 0.90 s of audio but cutwav.wav declares 3.00 s" in flat(res)
+    assert fs.read_extra("partial_decode", ["cutwav"])[0] == 1.0
