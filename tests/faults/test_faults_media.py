@@ -19,6 +19,7 @@ from faultkit import (
     assert_failures,
     flat,
     mer,
+    ok,
     report_counts,
     tiny,
     tone,
@@ -145,3 +146,30 @@ def test_case2_3_audio_no_track_short_silent_long(tmp_path):
     # a WAV cut short decodes cleanly (FFmpeg sizes it by the file), but its header says 3 s
     assert "partly decoded clip cutwav: decoded 0.90 s of audio but cutwav.wav declares 3.00 s" in flat(res)
     assert fs.read_extra("partial_decode", ["cutwav"])[0] == 1.0
+
+
+def test_case3_whisper_long_audio_in_30s_windows(tmp_path):
+    """Real speech stretched past Whisper's 30 s input: the bundled encoder sees two windows, the
+    stored frames are window one's 1,500 frames followed by window two's, on one time axis."""
+    from mer.extractors.base import AudioClip
+    from mer.extractors.whisper_ct2 import WhisperCT2, WhisperCT2Config
+    from mer.pipeline.decode_audio import decode_audio
+
+    from conftest import SAMPLE
+
+    speech = decode_audio("s", sorted((SAMPLE / "audio").glob("*.flac"))[0]).samples
+    long = np.tile(speech, int(np.ceil(34 * SR / len(speech))))[: 34 * SR]  # 34 s: 30 s + 4 s
+    write_wav(tmp_path / "long.wav", long)
+    table = write_table(tmp_path / "clips.csv", [{"name": "long", "audio": "long.wav"}])
+    store = tmp_path / "s.zarr"
+    ok(mer("extract", "audio", table.name, "--store", store.name, "-e", "whisper-ct2", "--level", "frame",
+           "--set", "w", "--store-dtype", "float32", cwd=tmp_path))
+    fs = FeatureStore(store)["audio/w"]
+    (frames,), (times,) = fs.read(["long"]), fs.read_times(["long"])
+    assert frames.shape == (34 * 50, 512)
+    np.testing.assert_allclose(times, np.arange(34 * 50) / 50.0, atol=1e-4)
+    z = decode_audio("long", tmp_path / "long.wav").samples
+    ext = WhisperCT2(WhisperCT2Config(level="frame", batch_size=1))
+    one, two = ext.extract([AudioClip("a", z[: 30 * SR]), AudioClip("b", z[30 * SR:])])
+    assert one.values.shape[0] == 1500 and two.values.shape[0] == 200
+    np.testing.assert_allclose(frames, np.concatenate([one.values, two.values]), atol=2e-3, rtol=2e-3)
