@@ -5,11 +5,12 @@ One model over the same clips, three ways, in one run:
 (a) end to end: ``run_stage`` (decode in a thread pool ahead of the model, batched forward,
     feature-store writes), ``progress=False``; the rate is the stage's own (model loading excluded);
 (b) model only: every clip decoded first, then only ``extractor.extract`` timed over the same
-    batches (table order, same batch size);
+    batches as (a) (each chunk sorted by length and cut into batches of the same size, as the
+    stage groups clips by length);
 (c) MERTools-style loop: per clip, decode it, forward it alone (batch 1), ``np.save`` one .npy.
 
 A warm-up batch runs before any timing. The three alternate chunk by chunk (``--chunk`` clips:
-two batches, at least 16, by default; their order rotates), so a change in the load of a shared
+one length group of the stage, ``StageSpec.groups()`` batches, by default; their order rotates), so a change in the load of a shared
 machine hits all three alike; each ``run_stage`` call loads its own model, which its rate excludes.
 
 The default model is a HuBERT-base-sized encoder (the ``transformers.HubertConfig()`` sizes, 95M
@@ -51,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from mer.pipeline.inputs import DecodeSettings, load_item
-from mer.pipeline.stage import StageSpec, build_extractor, run_stage
+from mer.pipeline.stage import StageSpec, build_extractor, length_batches, run_stage
 from mer.store.tables import read_clip_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,13 +99,13 @@ def stage_spec(args: argparse.Namespace, clips: Path, store: Path, model_dir: Pa
                          config={"model": "all-MiniLM-L6-v2", "batch_size": args.batch, "device": args.device,
                                  "empty": "encode"},
                          decode=DecodeSettings(text_column="english"), decode_threads=args.decode_threads,
-                         prefetch=args.prefetch)
+                         prefetch=args.prefetch, length_groups=args.length_groups)
     if args.model == "whisper":
         extractor, config = "whisper-ct2", {"model": "whisper-base", "batch_size": args.batch, "device": args.device}
     else:
         extractor, config = "hf-speech", {"model": str(model_dir), "batch_size": args.batch, "device": args.device}
     return StageSpec(modality="audio", clips=clips, store=store, extractor=extractor, config=config,
-                     decode_threads=args.decode_threads, prefetch=args.prefetch)
+                     decode_threads=args.decode_threads, prefetch=args.prefetch, length_groups=args.length_groups)
 
 
 def main() -> None:
@@ -119,7 +120,10 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="synthetic 3 s clips instead of the bundled RAVDESS")
     ap.add_argument("--decode-threads", type=int, default=2, help="StageSpec.decode_threads")
     ap.add_argument("--prefetch", type=int, default=0, help="StageSpec.prefetch (0: four batches)")
-    ap.add_argument("--chunk", type=int, default=0, help="clips per alternation of (a), (b), (c) (0: two batches, at least 16)")
+    ap.add_argument("--chunk", type=int, default=0,
+                    help="clips per alternation of (a), (b), (c) (0: one length group of the stage)")
+    ap.add_argument("--length-groups", type=int, default=0,
+                    help="StageSpec.length_groups: batches sorted by length together (0: the stage's default; 1: off)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -161,7 +165,8 @@ def main() -> None:
 
         # The three ways alternate chunk by chunk (rotating their order), so a change in the load
         # of a shared machine hits all three alike; rates are clips / summed seconds.
-        chunk = args.chunk or max(16, 2 * args.batch)
+        groups = spec.groups()
+        chunk = args.chunk or max(16, groups * args.batch)
         chunks = [names[i:i + chunk] for i in range(0, n, chunk)]
         loop_quota = [args.loop_n * (k + 1) // len(chunks) - args.loop_n * k // len(chunks) for k in range(len(chunks))]
         wall = {"stage": 0.0, "model": 0.0, "loop": 0.0}
@@ -180,8 +185,8 @@ def main() -> None:
 
         def model(part: list[str]) -> None:
             c0, t0 = time.process_time(), time.perf_counter()
-            for i in range(0, len(part), args.batch):
-                extractor.extract([items[x] for x in part[i:i + args.batch]])
+            for batch in length_batches([items[x] for x in part], args.batch, sort=groups > 1):
+                extractor.extract(batch)
             wall["model"] += time.perf_counter() - t0
             cpu["model"] += time.process_time() - c0
             count["model"] += len(part)
@@ -214,12 +219,12 @@ def main() -> None:
                 else f"{audio_s / n:.2f} s of audio")
         print(f"clips: {n} {'MER2023 subtitles' if args.model == 'minilm' else 'synthetic' if args.synthetic else 'RAVDESS'} "
               f"({size} each on average), batch {args.batch}, {args.decode_threads} decode threads, prefetch "
-              f"{args.prefetch or 4 * args.batch}, device {args.device}, {os.cpu_count()} CPU cores, load average "
+              f"{args.prefetch or max(4, groups) * args.batch}, length groups of {groups} batches, device {args.device}, {os.cpu_count()} CPU cores, load average "
               f"{os.getloadavg()[0]:.2f}, {len(chunks)} alternating chunks of {chunk}")
         print(f"decode alone: {decode_per_clip * 1000:.1f} ms per clip ({1 / decode_per_clip:.1f} clips/s, one thread)")
         print(f"(a) end to end run_stage: {r_stage:.3f} clips/s (~{cpu['stage'] / count['stage']:.2f} CPU s per clip, "
               f"model load subtracted)")
-        print(f"(b) model only (pre-decoded, batch {args.batch}): {r_model:.3f} clips/s "
+        print(f"(b) model only (pre-decoded, the same batches of {args.batch}): {r_model:.3f} clips/s "
               f"({cpu['model'] / count['model']:.2f} CPU s per clip)")
         print(f"(c) per-clip loop (decode, batch 1, np.save) over {count['loop']} clips: {r_loop:.3f} clips/s "
               f"({cpu['loop'] / count['loop']:.2f} CPU s per clip)")

@@ -2,7 +2,8 @@
 
 Decoding runs ahead of the model in a thread pool with a bounded number of clips in flight, so
 the model never waits when decoding is faster, and memory is bounded by ``prefetch``, not by the
-number of clips. One bad clip (missing or corrupt file, no audio track, empty subtitle, NaN
+number of clips. Decoded clips are grouped by length over a few batches (audio, text), so a
+forward pass is not mostly padding. One bad clip (missing or corrupt file, no audio track, empty subtitle, NaN
 output) is recorded in the ledger with its reason and the run goes on; the stage's report
 counts it and the CLI exits non-zero.
 """
@@ -51,10 +52,14 @@ class StageSpec:
         key: feature set key ``<modality>/<name>``; default derived from extractor, model and level.
         store_dtype: dtype of the stored vectors (``float16`` or ``float32``).
         decode: decode settings (recorded as provenance).
-        prefetch: decoded clips in flight ahead of the model (0: four batches).
+        prefetch: decoded clips in flight ahead of the model (0: four batches, or one length group
+            when that is more).
         decode_threads: threads decoding media.
         flush_rows: clips per committed segment (at most this much work is lost on a kill).
         flush_seconds: also commit when the oldest buffered clip is this old (bounds the work a kill loses).
+        length_groups: this many batches of decoded clips are sorted by length before they are cut
+            into batches, so clips of similar length share a forward pass and little of it is padding
+            (0: 8 for audio and text, 1 for video, whose clips are large and of one size).
     """
 
     modality: str
@@ -69,6 +74,13 @@ class StageSpec:
     decode_threads: int = 2
     flush_rows: int = 256
     flush_seconds: float = 5.0
+    length_groups: int = 0
+
+    def groups(self) -> int:
+        """Batches of decoded clips sorted by length together (see :attr:`length_groups`)."""
+        if self.length_groups > 0:
+            return self.length_groups
+        return 1 if self.modality == "video" else 8
 
     def build_config(self) -> ExtractorConfig:
         """The extractor's config dataclass filled from :attr:`config` (unknown fields are an error)."""
@@ -179,6 +191,23 @@ def decoded(spec: StageSpec, table: ClipTable, names: list[str], pool: ThreadPoo
             yield name, None, exc.problem
 
 
+def item_length(item: Any) -> int:
+    """How long a decoded clip is, for grouping by length: samples, characters or frames."""
+    for attr in ("samples", "text", "frames"):
+        value = getattr(item, attr, None)
+        if value is not None:
+            return len(value)
+    return 0
+
+
+def length_batches(items: list[Any], batch_size: int, *, sort: bool = True) -> Iterator[list[Any]]:
+    """Cut ``items`` into batches of ``batch_size``, longest first when ``sort`` (less padding)."""
+    if sort:
+        items = sorted(items, key=item_length, reverse=True)
+    for lo in range(0, len(items), batch_size):
+        yield items[lo:lo + batch_size]
+
+
 def extract_isolated(extractor: Extractor, items: list[Any]) -> list[tuple[Any, Features | None, str | None]]:
     """Run a batch; when it fails, find the clip(s) responsible instead of losing the batch."""
     try:
@@ -208,7 +237,8 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
               report: StageReport, *, consolidate: bool = True, on_clip: Any = None) -> None:
     """Decode, extract and write ``names`` into ``fs``; failures go to the ledger and ``report``."""
     bs = max(1, extractor.config.batch_size)
-    prefetch = spec.prefetch or 4 * bs
+    groups = spec.groups()
+    prefetch = spec.prefetch or max(4, groups) * bs  # the next group decodes while the model runs this one
     writer = fs.writer(flush_rows=spec.flush_rows, flush_seconds=spec.flush_seconds,
                        consolidate_every=32 if consolidate else 0)
 
@@ -242,7 +272,7 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
 
     with ThreadPoolExecutor(max_workers=max(1, spec.decode_threads), thread_name_prefix="decode") as pool:
         try:
-            batch: list[Any] = []
+            held: list[Any] = []  # decoded clips waiting to be grouped by length
             stream = (decoded(spec, table, names, pool, prefetch) if extractor.decodes
                       else ((n, ClipRef(n), None) for n in names))
             for name, item, problem in stream:
@@ -251,11 +281,12 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                     if on_clip:
                         on_clip()
                     continue
-                batch.append(item)
-                if len(batch) >= bs:
-                    flush_batch(batch)
-                    batch = []
-            if batch:
+                held.append(item)
+                if len(held) >= bs * groups:
+                    for batch in length_batches(held, bs, sort=groups > 1):
+                        flush_batch(batch)
+                    held = []
+            for batch in length_batches(held, bs, sort=groups > 1):
                 flush_batch(batch)
         finally:
             writer.flush()
