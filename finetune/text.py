@@ -80,7 +80,10 @@ class TextTask:
         model = AutoModel.from_pretrained(self.model_dir, trust_remote_code=trc, **dtype_kwargs(dtype))
         model.to(self.device)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model.config, "use_cache"):
                 model.config.use_cache = False
         if cfg.lora:
@@ -183,8 +186,11 @@ class TextTask:
             self.model = model
             self.cfg = TextFinetuneConfig(**{**asdict(self.cfg), "lora": False})  # merged: plain model from now on
             saved["adapter"] = "adapter"
-        if self.cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-            model.gradient_checkpointing_disable()
+        if self.cfg.gradient_checkpointing:
+            disable = getattr(model, "activation_checkpointing_disable", None) or getattr(
+                model, "gradient_checkpointing_disable", None)
+            if disable is not None:
+                disable()
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = True
         model.save_pretrained(out)
