@@ -3,7 +3,13 @@
 Audio becomes an 80-bin log-mel spectrogram padded to 30 s (Whisper's fixed input); the encoder
 gives 1,500 frames of 20 ms. Only the frames that cover the clip are kept (padding frames carry
 no speech), so utterance level is the mean over ``ceil(seconds * 50)`` frames. Clips longer than
-30 s are cut into 30 s windows; frames are concatenated and utterance vectors weighted by length.
+the input are cut into windows of that length; frames are concatenated and utterance vectors
+weighted by length.
+
+``input_seconds=0`` trims the padding: each window is padded only to its own length rounded up to
+whole seconds, and only windows of the same padded length share a forward pass. The encoder has
+no attention mask, so this keeps a clip's features independent of the other clips in its batch
+(a rerun, ``--only`` or a dask worker gives the same vectors).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ class WhisperCT2Config(ExtractorConfig):
     compute_type: str = "auto"  # CTranslate2 compute type; auto = float32 on CPU, float16 on CUDA; or int8...
     intra_threads: int = 0  # CPU threads per forward; 0 = CTranslate2's default (all cores)
     input_seconds: float = 30.0  # mel input length fed to the encoder: 30 = Whisper's native padded
-    # input (what the model was trained on); 0 = cut each batch to its longest clip, which on 4 s
-    # clips is ~4x faster but gives different features (no attention over the silent padding)
+    # input (what the model was trained on); 0 = each window padded to its own length rounded up to
+    # whole seconds, which on 4 s clips is ~4x faster but gives different features (no attention
+    # over the silent padding); 1-29 = windows of that many seconds
     batch_size: int = 4  # clips per forward (each is padded to 30 s)
 
 
@@ -68,7 +75,7 @@ class WhisperCT2(Extractor):
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(self._encode([np.zeros(SAMPLE_RATE, np.float32)]).shape[-1])
+            self._dim = int(self._encode([np.zeros(SAMPLE_RATE, np.float32)], 1.0).shape[-1])
         return self._dim
 
     def weights_path(self) -> os.PathLike[str] | None:
@@ -79,11 +86,21 @@ class WhisperCT2(Extractor):
     def decode_settings(self) -> dict[str, Any]:
         return {"sample_rate": SAMPLE_RATE}
 
-    def _encode(self, waves: list[np.ndarray]) -> np.ndarray:
+    def _window_seconds(self) -> float:
+        """Longest span of audio one forward pass sees: ``input_seconds`` when set below 30, else 30."""
+        seconds = float(self.config.input_seconds)  # type: ignore[attr-defined]
+        return seconds if 0 < seconds < WINDOW_S else WINDOW_S
+
+    def _input_seconds(self, n_samples: int) -> float:
+        """Mel input length for a window of ``n_samples``: fixed, or its own length in whole seconds."""
+        seconds = float(self.config.input_seconds)  # type: ignore[attr-defined]
+        if seconds > 0:
+            return min(WINDOW_S, seconds)
+        return min(WINDOW_S, max(1.0, float(math.ceil(n_samples / SAMPLE_RATE))))
+
+    def _encode(self, waves: list[np.ndarray], seconds: float = WINDOW_S) -> np.ndarray:
+        """Encoder states of ``waves``, each padded (or cut) to ``seconds`` of mel input."""
         feats = self.mel(waves, sampling_rate=SAMPLE_RATE, return_tensors="np")["input_features"]
-        seconds = self.config.input_seconds  # type: ignore[attr-defined]
-        if seconds <= 0:
-            seconds = max(len(w) for w in waves) / SAMPLE_RATE
         mel_frames = 2 * math.ceil(min(WINDOW_S, max(1.0, seconds)) * MEL_PER_S / 2)  # even: conv stride 2
         feats = feats[:, :, :mel_frames]
         out = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)),
@@ -91,23 +108,29 @@ class WhisperCT2(Extractor):
         return np.array(out, dtype=np.float32)
 
     def extract(self, items: list[AudioClip]) -> list[Features]:
-        pieces: list[tuple[int, np.ndarray]] = []  # (item index, <=30 s window)
+        step = int(self._window_seconds() * SAMPLE_RATE)
+        pieces: list[tuple[int, np.ndarray]] = []  # (item index, one window of audio)
         for i, clip in enumerate(items):
             if clip.sample_rate != SAMPLE_RATE:
                 raise ItemError(clip.name, f"expected {SAMPLE_RATE} Hz audio, got {clip.sample_rate} Hz")
             if len(clip.samples) == 0:
                 raise ItemError(clip.name, "no audio samples")
-            step = int(WINDOW_S * SAMPLE_RATE)
             for start in range(0, len(clip.samples), step):
                 pieces.append((i, clip.samples[start:start + step]))
-        frames: list[list[np.ndarray]] = [[] for _ in items]
+        by_input: dict[float, list[int]] = {}  # mel input seconds -> pieces padded to it
+        for j, (_, wave) in enumerate(pieces):
+            by_input.setdefault(self._input_seconds(len(wave)), []).append(j)
+        hidden: list[np.ndarray | None] = [None] * len(pieces)
         bs = max(1, self.config.batch_size)
-        for lo in range(0, len(pieces), bs):
-            chunk = pieces[lo:lo + bs]
-            enc = self._encode([w for _, w in chunk])
-            for (i, wave), hidden in zip(chunk, enc):
-                n = min(len(hidden), max(1, math.ceil(len(wave) / SAMPLE_RATE * FRAMES_PER_S)))
-                frames[i].append(hidden[:n])
+        for seconds, group in by_input.items():
+            for lo in range(0, len(group), bs):
+                chunk = group[lo:lo + bs]
+                for j, h in zip(chunk, self._encode([pieces[j][1] for j in chunk], seconds)):
+                    n = min(len(h), max(1, math.ceil(len(pieces[j][1]) / SAMPLE_RATE * FRAMES_PER_S)))
+                    hidden[j] = h[:n]
+        frames: list[list[np.ndarray]] = [[] for _ in items]
+        for (i, _), h in zip(pieces, hidden):  # pieces are in time order per clip
+            frames[i].append(h)
         out = []
         for per_item in frames:
             values = np.concatenate(per_item)

@@ -42,8 +42,8 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the clip table, labels and store."),
     data: Path = typer.Option(None, "--data", help="RAVDESS-style sample folder (default: bundled examples/ravdess)."),
-    whisper_seconds: float = typer.Option(0.0, help="Whisper encoder input length: 0 = trimmed to each batch's "
-                                          "longest clip (fast), 30 = Whisper's native padded input."),
+    whisper_seconds: float = typer.Option(0.0, help="Whisper encoder input length: 0 = each clip padded to its own "
+                                          "whole seconds (fast), 30 = Whisper's native padded input."),
 ) -> None:
     """Run the end-to-end demo on the bundled RAVDESS sample."""
     from .demo import run_demo

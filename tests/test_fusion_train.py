@@ -86,7 +86,7 @@ def test_agt_with_a_missing_modality(demo_store, tmp_path):
     # a clip with no video at all gives finite logits, and its video stream gets no weight
     model = build_model("agt", {}, data.dims, data.utt, 8).eval()
     norm = Standardizer.fit(data, np.arange(len(data)))
-    rows = np.array([names.index(n) for n in sorted(missing)[:4]])
+    rows = np.array([data.names.index(n) for n in sorted(missing)[:4]])  # rows of the joined data
     inputs, present = make_batch(data, rows, norm)
     assert not present[V].any()
     out = model(inputs, present)

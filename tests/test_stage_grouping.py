@@ -40,3 +40,22 @@ def test_grouped_stage_equals_table_order_stage(tmp_path) -> None:
     assert sorted(four.names()) == sorted(names)
     assert four.names() != names  # written in length order, not table order
     np.testing.assert_allclose(one.read(names, dtype="float32"), four.read(names, dtype="float32"), atol=2e-3)
+
+
+def test_trimmed_whisper_features_do_not_depend_on_the_batch() -> None:
+    """``input_seconds=0``: each clip is padded to its own whole seconds, so its vector is the same
+    alone or batched with longer clips (the encoder has no attention mask)."""
+    from conftest import SAMPLE
+    from mer.extractors.whisper_ct2 import WhisperCT2, WhisperCT2Config
+    from mer.pipeline.decode_audio import decode_audio
+
+    paths = sorted((SAMPLE / "audio").glob("*.flac"))[:3]
+    clips = [decode_audio(p.stem, p) for p in paths]
+    clips.append(AudioClip("long", np.concatenate([c.samples for c in clips])))  # ~11 s
+    ext = WhisperCT2(WhisperCT2Config(input_seconds=0, batch_size=4))
+    together = [f.values for f in ext.extract(clips)]
+    alone = [ext.extract([c])[0].values for c in clips]
+    np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-4)
+    # shorter windows: 10 s of input per forward, the ~11 s clip in two windows, all frames kept
+    frames = WhisperCT2(WhisperCT2Config(input_seconds=10, level="frame")).extract([clips[-1]])[0].values
+    assert len(frames) == int(np.ceil(len(clips[-1].samples) / 16000 * 50))
