@@ -141,6 +141,11 @@ class Extractor(ABC):
         """Decode settings this extractor needs (e.g. ``{"sample_rate": 16000}``)."""
         return {}
 
+    def features_version(self) -> int:
+        """Version of the vectors this config gives; bump it when a code change alters them, so a
+        feature set written by the older code is refused instead of silently mixed (1: never changed)."""
+        return 1
+
 
 class ItemError(ValueError):
     """One input item cannot be processed (empty audio, empty text...): the stage records it."""

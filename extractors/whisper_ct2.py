@@ -86,6 +86,11 @@ class WhisperCT2(Extractor):
     def decode_settings(self) -> dict[str, Any]:
         return {"sample_rate": SAMPLE_RATE}
 
+    def features_version(self) -> int:
+        """2 for trimmed or shorter input: since mer 0.1 (2026-12-01) trimmed padding no longer
+        depends on the batch, so sets written before differ; native 30 s input never changed."""
+        return 1 if self.config.input_seconds >= WINDOW_S else 2  # type: ignore[attr-defined]
+
     def _window_seconds(self) -> float:
         """Longest span of audio one forward pass sees: ``input_seconds`` when set below 30, else 30."""
         seconds = float(self.config.input_seconds)  # type: ignore[attr-defined]

@@ -136,7 +136,10 @@ def provenance_of(spec: StageSpec, extractor: Extractor) -> Provenance:
     """Provenance of the vectors this stage writes."""
     weights = extractor.weights_path()
     decode = {**spec.decode.record(spec.modality), **extractor.decode_settings()}
-    return Provenance(extractor=spec.extractor, config=extractor.config.identity(), model=extractor.config.model,
+    config = extractor.config.identity()
+    if extractor.features_version() > 1:  # recorded only once it changed: older sets keep matching
+        config["features_version"] = extractor.features_version()
+    return Provenance(extractor=spec.extractor, config=config, model=extractor.config.model,
                       weights_hash=hash_path(weights) if weights is not None else None, decode=decode,
                       finetune=read_finetune_record(weights))
 

@@ -56,3 +56,29 @@ def test_case9_other_model_dtype_or_decode_refused_unless_force(tmp_path):
     after = fs.read(dtype="float32")
     assert np.isfinite(after).all() and not np.allclose(after, before, atol=1e-3)
     assert_check_passes(store)
+
+
+def test_case9_features_written_by_older_code_refused_unless_force(tmp_path):
+    """A set whose vectors an older mer computed differently (trimmed Whisper before its features
+    stopped depending on the batch) is refused by its features_version, not silently extended."""
+    rows = wav_clips(tmp_path / "media", 3, seconds=1.0)
+    table = write_table(tmp_path / "clips.csv", rows)
+    store = tmp_path / "s.zarr"
+    base = ("extract", "audio", table, "--store", store, "-e", "whisper-ct2", "-O", "input_seconds=0", "--set", "w")
+    ok(mer(*base, "--limit", "2"))
+    fs = FeatureStore(store)["audio/w"]
+    assert fs.provenance.config["features_version"] == 2
+    # what the older code recorded: the same config without a features_version
+    meta = fs.group(mode="r+").attrs.asdict()
+    attr = next(k for k in meta if "provenance" in meta[k])
+    del meta[attr]["provenance"]["config"]["features_version"]
+    fs.group(mode="r+").attrs[attr] = meta[attr]
+    res = mer(*base)
+    assert res.returncode == 1 and "config.features_version: stored=None" in flat(res)
+    assert FeatureStore(store)["audio/w"].names() == fs.names() and len(fs.names()) == 2
+    res = ok(mer(*base, "--force"))
+    assert report_counts(res) == (3, 3, 0, 0)
+    assert_check_passes(store)
+    # native 30 s input never changed: its sets record no version and keep matching older ones
+    ok(mer("extract", "audio", table, "--store", store, "-e", "whisper-ct2", "--set", "w30", "--limit", "1"))
+    assert "features_version" not in FeatureStore(store)["audio/w30"].provenance.config
