@@ -9,6 +9,7 @@ emotion). Two protocols:
   cv5:     5-fold cross-validation grouped by actor over all 20 actors (mean over folds).
 
     python benchmarks/ravdess_accuracy.py --data ../shared/data/ravdess --work bench-out/ravdess
+    python benchmarks/ravdess_accuracy.py --work bench-out/ravdess --seeds 0,1,2   # mean over 3 training seeds
 
 Prints a table (accuracy and WAF per model and protocol) and, last, ``agt_holdout_waf: X``.
 """
@@ -20,6 +21,8 @@ import csv
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from mer.fusion.config import TrainConfig
 from mer.fusion.eval import evaluate_predictions
@@ -64,6 +67,41 @@ def split_labels(clips: Path, labels: Path, work: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def run_model(model: str, feats: list[str], store: Path, clips: Path, labels: Path, train_labels: Path,
+              test_labels: Path, runs: Path, cfg: TrainConfig) -> dict:
+    """Holdout (actors 17-20) and 5-fold CV figures of one model with one seed."""
+    tag = f"{model}-" + "+".join(k.split("/")[0] for k in feats)
+    hold = train_run(store, feats, train_labels, runs / f"holdout-{tag}", model=model, train=cfg,
+                     folds=5, clips_csv=clips, group_col="speaker", progress=False)
+    with open(test_labels, newline="") as f:
+        names = [r["name"] for r in csv.DictReader(f)]
+    got, probs, classes = predict_run(runs / f"holdout-{tag}", store, names)
+    pred, _ = write_predictions(runs / f"holdout-{tag}" / "test_predictions.csv", got, probs, classes)
+    test = evaluate_predictions(pred, test_labels)
+    cv = train_run(store, feats, labels, runs / f"cv5-{tag}", model=model, train=cfg, folds=5,
+                   clips_csv=clips, group_col="speaker", progress=False)
+    return {"model": model, "features": "+".join(k.split("/")[0] for k in feats), "seed": cfg.seed,
+            "holdout_acc": test["accuracy"], "holdout_waf": test["waf"],
+            "cv5_acc": cv["summary"]["accuracy"]["mean"], "cv5_waf": cv["summary"]["waf"]["mean"],
+            "cv5_waf_std": cv["summary"]["waf"]["std"], "holdout_train_cv_waf": hold["summary"]["waf"]["mean"]}
+
+
+def print_table(rows: list[dict], seeds: list[int]) -> None:
+    """One row per model: the mean over seeds (± std over seeds for the holdout, over folds for CV)."""
+    print(f"seeds: {', '.join(map(str, seeds))}")
+    print("| model | features | holdout acc | holdout WAF | 5-fold acc | 5-fold WAF |")
+    print("|---|---|---|---|---|---|")
+    for model, feats in RUNS:
+        mine = [r for r in rows if r["model"] == model and r["features"] == "+".join(k.split("/")[0] for k in feats)]
+        if not mine:
+            continue
+        m = {k: float(np.mean([r[k] for r in mine])) for k in ("holdout_acc", "holdout_waf", "cv5_acc", "cv5_waf")}
+        hold_sd = f" ± {np.std([r['holdout_waf'] for r in mine]):.3f}" if len(mine) > 1 else ""
+        cv_sd = float(np.mean([r["cv5_waf_std"] for r in mine]))
+        print(f"| {model} | {mine[0]['features']} | {m['holdout_acc']:.3f} | {m['holdout_waf']:.3f}{hold_sd} | "
+              f"{m['cv5_acc']:.3f} | {m['cv5_waf']:.3f} ± {cv_sd:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/ravdess"))
@@ -71,39 +109,26 @@ def main() -> None:
     ap.add_argument("--whisper-seconds", type=float, default=0.0, help="0: trimmed input; 30: native padding")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--only", default="", help="comma-separated model names to run (default all)")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds; the table is the mean over them")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     clips, labels, store = prepare(args.data, args.work, args.whisper_seconds)
     train_labels, test_labels = split_labels(clips, labels, args.work)
-    cfg = TrainConfig(epochs=args.epochs)
-    rows = []
+    seeds = [int(x) for x in args.seeds.split(",")]
     wanted = set(args.only.split(",")) if args.only else None
-    for model, feats in RUNS:
-        if wanted and model not in wanted:
-            continue
-        tag = f"{model}-" + "+".join(k.split("/")[0] for k in feats)
-        hold = train_run(store, feats, train_labels, args.work / "runs" / f"holdout-{tag}", model=model, train=cfg,
-                         folds=5, clips_csv=clips, group_col="speaker", progress=False)
-        names = [r["name"] for r in csv.DictReader(open(test_labels))]
-        got, probs, classes = predict_run(args.work / "runs" / f"holdout-{tag}", store, names)
-        pred, _ = write_predictions(args.work / "runs" / f"holdout-{tag}" / "test_predictions.csv", got, probs, classes)
-        test = evaluate_predictions(pred, test_labels)
-        cv = train_run(store, feats, labels, args.work / "runs" / f"cv5-{tag}", model=model, train=cfg, folds=5,
-                       clips_csv=clips, group_col="speaker", progress=False)
-        row = {"model": model, "features": "+".join(k.split("/")[0] for k in feats),
-               "holdout_acc": test["accuracy"], "holdout_waf": test["waf"],
-               "cv5_acc": cv["summary"]["accuracy"]["mean"], "cv5_waf": cv["summary"]["waf"]["mean"],
-               "cv5_waf_std": cv["summary"]["waf"]["std"], "holdout_train_cv_waf": hold["summary"]["waf"]["mean"]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print("| model | features | holdout acc | holdout WAF | 5-fold acc | 5-fold WAF |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['features']} | {r['holdout_acc']:.3f} | {r['holdout_waf']:.3f} | "
-              f"{r['cv5_acc']:.3f} | {r['cv5_waf']:.3f} ± {r['cv5_waf_std']:.3f} |")
-    agt = [r for r in rows if r["model"] == "agt"]
+    rows = []
+    for seed in seeds:
+        runs = args.work / "runs" if seed == 0 else args.work / f"runs-seed{seed}"
+        for model, feats in RUNS:
+            if wanted and model not in wanted:
+                continue
+            rows.append(run_model(model, feats, store, clips, labels, train_labels, test_labels, runs,
+                                  TrainConfig(epochs=args.epochs, seed=seed)))
+            print(json.dumps(rows[-1]), flush=True)
+    print_table(rows, seeds)
+    agt = [r["holdout_waf"] for r in rows if r["model"] == "agt"]
     if agt:
-        print(f"agt_holdout_waf: {agt[0]['holdout_waf']:.3f}")
+        print(f"agt_holdout_waf: {np.mean(agt):.3f}")
 
 
 if __name__ == "__main__":
