@@ -3,9 +3,9 @@
 Decoding runs ahead of the model in a thread pool with a bounded number of clips in flight, so
 the model never waits when decoding is faster, and memory is bounded by ``prefetch``, not by the
 number of clips. Decoded clips are grouped by length over a few batches (audio, text), so a
-forward pass is not mostly padding. One bad clip (missing or corrupt file, no audio track, empty subtitle, NaN
-output) is recorded in the ledger with its reason and the run goes on; the stage's report
-counts it and the CLI exits non-zero.
+forward pass is not mostly padding. One bad clip (missing or corrupt file, no audio track, empty
+subtitle, NaN output) is recorded in the ledger with its reason and the run goes on; the stage's
+report counts it and the CLI exits non-zero.
 """
 
 from __future__ import annotations
