@@ -10,6 +10,7 @@ emotion). Two protocols:
 
     python benchmarks/ravdess_accuracy.py --data ../shared/data/ravdess --work bench-out/ravdess
     python benchmarks/ravdess_accuracy.py --work bench-out/ravdess --seeds 0,1,2   # mean over 3 training seeds
+    python benchmarks/ravdess_accuracy.py --work bench-out/ravdess --audio-frames --only agt,concat   # audio frames
 
 Prints a table (accuracy and WAF per model and protocol) and, last, ``agt_holdout_waf: X``.
 """
@@ -30,12 +31,29 @@ from mer.fusion.predict import predict_run, write_predictions
 from mer.fusion.run import train_run
 from mer.pipeline.clips import labels_from_table, scan_dataset
 from mer.pipeline.demo import demo_stages
-from mer.pipeline.stage import run_stage
+from mer.pipeline.stage import StageSpec, run_stage
 from mer.store.tables import write_clip_table
 
 A, V, T = "audio/whisper-base", "video/openface-au", "text/minilm"
-RUNS = [("single", [A]), ("single", [V]), ("single", [T]), ("concat", [A, V, T]), ("attention", [A, V, T]),
-        ("agt", [A, V, T])]
+AF = "audio/whisper-frames"  # the same encoder, 20 ms frames (--audio-frames)
+
+
+def runs_for(audio: str) -> list[tuple[str, list[str]]]:
+    """The models and their feature sets, with ``audio`` as the audio set."""
+    return [("single", [audio]), ("single", [V]), ("single", [T]), ("concat", [audio, V, T]),
+            ("attention", [audio, V, T]), ("agt", [audio, V, T])]
+
+
+RUNS = runs_for(A)
+
+
+def add_audio_frames(clips: Path, store: Path, whisper_seconds: float) -> None:
+    """Whisper-base frame-level features next to the utterance set (resumes like the others)."""
+    spec = StageSpec(modality="audio", extractor="whisper-ct2", key=AF, clips=clips, store=store,
+                     config={"model": "whisper-base", "input_seconds": whisper_seconds, "batch_size": 4,
+                             "level": "frame"})
+    report = run_stage(spec, progress=False)
+    logging.info("%s: %d done, %d skipped, %d failed", AF, report.done, report.skipped, len(report.failed))
 
 
 def prepare(data: Path, work: Path, whisper_seconds: float) -> tuple[Path, Path, Path]:
@@ -70,7 +88,7 @@ def split_labels(clips: Path, labels: Path, work: Path) -> tuple[Path, Path]:
 def run_model(model: str, feats: list[str], store: Path, clips: Path, labels: Path, train_labels: Path,
               test_labels: Path, runs: Path, cfg: TrainConfig) -> dict:
     """Holdout (actors 17-20) and 5-fold CV figures of one model with one seed."""
-    tag = f"{model}-" + "+".join(k.split("/")[0] for k in feats)
+    tag = f"{model}-" + "+".join(k.split("/")[0] + ("-frames" if k == AF else "") for k in feats)
     hold = train_run(store, feats, train_labels, runs / f"holdout-{tag}", model=model, train=cfg,
                      folds=5, clips_csv=clips, group_col="speaker", progress=False)
     with open(test_labels, newline="") as f:
@@ -86,12 +104,12 @@ def run_model(model: str, feats: list[str], store: Path, clips: Path, labels: Pa
             "cv5_waf_std": cv["summary"]["waf"]["std"], "holdout_train_cv_waf": hold["summary"]["waf"]["mean"]}
 
 
-def print_table(rows: list[dict], seeds: list[int]) -> None:
+def print_table(rows: list[dict], seeds: list[int], runs_list: list[tuple[str, list[str]]]) -> None:
     """One row per model: the mean over seeds (± std over seeds for the holdout, over folds for CV)."""
     print(f"seeds: {', '.join(map(str, seeds))}")
     print("| model | features | holdout acc | holdout WAF | 5-fold acc | 5-fold WAF |")
     print("|---|---|---|---|---|---|")
-    for model, feats in RUNS:
+    for model, feats in runs_list:
         mine = [r for r in rows if r["model"] == model and r["features"] == "+".join(k.split("/")[0] for k in feats)]
         if not mine:
             continue
@@ -110,22 +128,29 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--only", default="", help="comma-separated model names to run (default all)")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds; the table is the mean over them")
+    ap.add_argument("--audio-frames", action="store_true",
+                    help="audio as Whisper frames (20 ms) instead of the utterance mean: the AGT attends over them, "
+                         "the baselines mean-pool them")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     clips, labels, store = prepare(args.data, args.work, args.whisper_seconds)
     train_labels, test_labels = split_labels(clips, labels, args.work)
+    runs_list = RUNS
+    if args.audio_frames:
+        add_audio_frames(clips, store, args.whisper_seconds)
+        runs_list = runs_for(AF)
     seeds = [int(x) for x in args.seeds.split(",")]
     wanted = set(args.only.split(",")) if args.only else None
     rows = []
     for seed in seeds:
         runs = args.work / "runs" if seed == 0 else args.work / f"runs-seed{seed}"
-        for model, feats in RUNS:
+        for model, feats in runs_list:
             if wanted and model not in wanted:
                 continue
             rows.append(run_model(model, feats, store, clips, labels, train_labels, test_labels, runs,
                                   TrainConfig(epochs=args.epochs, seed=seed)))
             print(json.dumps(rows[-1]), flush=True)
-    print_table(rows, seeds)
+    print_table(rows, seeds, runs_list)
     agt = [r["holdout_waf"] for r in rows if r["model"] == "agt"]
     if agt:
         print(f"agt_holdout_waf: {np.mean(agt):.3f}")
