@@ -47,6 +47,11 @@ def runs_for(audio: str) -> list[tuple[str, list[str]]]:
 RUNS = runs_for(A)
 
 
+def modalities(feats: list[str]) -> str:
+    """``audio+video+text``: the modalities of a model's feature sets, as the table shows them."""
+    return "+".join(k.split("/")[0] for k in feats)
+
+
 def add_audio_frames(clips: Path, store: Path, whisper_seconds: float) -> None:
     """Whisper-base frame-level features next to the utterance set (resumes like the others)."""
     spec = StageSpec(modality="audio", extractor="whisper-ct2", key=AF, clips=clips, store=store,
@@ -98,7 +103,7 @@ def run_model(model: str, feats: list[str], store: Path, clips: Path, labels: Pa
     test = evaluate_predictions(pred, test_labels)
     cv = train_run(store, feats, labels, runs / f"cv5-{tag}", model=model, train=cfg, folds=5,
                    clips_csv=clips, group_col="speaker", progress=False)
-    return {"model": model, "features": "+".join(k.split("/")[0] for k in feats), "seed": cfg.seed,
+    return {"model": model, "features": modalities(feats), "seed": cfg.seed,
             "holdout_acc": test["accuracy"], "holdout_waf": test["waf"],
             "cv5_acc": cv["summary"]["accuracy"]["mean"], "cv5_waf": cv["summary"]["waf"]["mean"],
             "cv5_waf_std": cv["summary"]["waf"]["std"], "holdout_train_cv_waf": hold["summary"]["waf"]["mean"]}
@@ -110,7 +115,7 @@ def print_table(rows: list[dict], seeds: list[int], runs_list: list[tuple[str, l
     print("| model | features | holdout acc | holdout WAF | 5-fold acc | 5-fold WAF |")
     print("|---|---|---|---|---|---|")
     for model, feats in runs_list:
-        mine = [r for r in rows if r["model"] == model and r["features"] == "+".join(k.split("/")[0] for k in feats)]
+        mine = [r for r in rows if r["model"] == model and r["features"] == modalities(feats)]
         if not mine:
             continue
         m = {k: float(np.mean([r[k] for r in mine])) for k in ("holdout_acc", "holdout_waf", "cv5_acc", "cv5_waf")}

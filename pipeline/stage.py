@@ -241,6 +241,7 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
     """Decode, extract and write ``names`` into ``fs``; failures go to the ledger and ``report``."""
     bs = max(1, extractor.config.batch_size)
     groups = spec.groups()
+    by_length = groups > 1  # one group is table order
     prefetch = spec.prefetch or max(4, groups) * bs  # the next group decodes while the model runs this one
     writer = fs.writer(flush_rows=spec.flush_rows, flush_seconds=spec.flush_seconds,
                        consolidate_every=32 if consolidate else 0)
@@ -286,10 +287,10 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                     continue
                 held.append(item)
                 if len(held) >= bs * groups:
-                    for batch in length_batches(held, bs, sort=groups > 1):
+                    for batch in length_batches(held, bs, sort=by_length):
                         flush_batch(batch)
                     held = []
-            for batch in length_batches(held, bs, sort=groups > 1):
+            for batch in length_batches(held, bs, sort=by_length):
                 flush_batch(batch)
         finally:
             writer.flush()
