@@ -44,6 +44,8 @@ SCHEDULER = typer.Option(None, "--scheduler", help="Address of an existing dask.
 OPTION = typer.Option(None, "--option", "-O", help="Extractor option key=value (repeatable), e.g. -O layers=last4.")
 FLUSH = typer.Option(256, "--flush-rows", min=1, help="Commit every N clips (or every 5 s): a killed run loses "
                      "at most that much work.")
+PREFETCH = typer.Option(None, "--prefetch", min=0, help="Decoded clips in flight ahead of the model (default: four "
+                        "batches, or one length group when that is more; 0: serial, no decode threads).")
 
 
 def _choice(modality: str) -> Any:
@@ -100,7 +102,7 @@ def _typed(pair: str, raw: str, annotation: str) -> Any:
 def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | None, level: str,
          batch_size: int | None, device: str, dtype: str, store_dtype: str, set_name: str | None,
          only: Path | None, force: bool, limit: int | None, workers: int, scheduler: str | None,
-         options: list[str] | None, decode: Any, flush_rows: int = 256) -> None:
+         options: list[str] | None, decode: Any, flush_rows: int = 256, prefetch: int | None = None) -> None:
     from .report import print_report
     from .stage import StageSpec, run_stage
 
@@ -111,7 +113,7 @@ def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | N
     if batch_size:
         config["batch_size"] = batch_size
     spec = StageSpec(modality=modality, clips=clips, store=store, extractor=extractor, config=config,
-                     key=set_name, store_dtype=store_dtype, decode=decode, flush_rows=flush_rows)
+                     key=set_name, store_dtype=store_dtype, decode=decode, flush_rows=flush_rows, prefetch=prefetch)
     report = run_stage(spec, only=only, limit=limit, force=force, workers=workers, scheduler=scheduler)
     print_report(report)
     raise typer.Exit(1 if report.failed else 0)
@@ -123,7 +125,7 @@ def audio(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
-    flush_rows: int = FLUSH,
+    flush_rows: int = FLUSH, prefetch: int = PREFETCH,
     sample_rate: int = typer.Option(16000, help="Decode to this rate (mono float32)."),
     max_seconds: float = typer.Option(None, help="Keep at most this many seconds of each clip."),
 ) -> None:
@@ -133,7 +135,7 @@ def audio(
 
     decode = DecodeSettings(audio=AudioDecodeConfig(sample_rate=sample_rate, max_seconds=max_seconds))
     _run("audio", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, decode, flush_rows)
+         force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
 
 
 @app.command()
@@ -142,7 +144,7 @@ def video(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
-    flush_rows: int = FLUSH,
+    flush_rows: int = FLUSH, prefetch: int = PREFETCH,
     fps: float = typer.Option(2.0, help="Frames sampled per second."),
     num_frames: int = typer.Option(None, help="Instead of --fps: this many frames evenly spaced per clip."),
     size: int = typer.Option(None, help="Resize frames so the shorter side has this many pixels."),
@@ -156,7 +158,7 @@ def video(
     decode = DecodeSettings(video=VideoDecodeConfig(fps=fps, num_frames=num_frames, size=size, faces=faces,
                                                     face_size=face_size))
     _run("video", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, decode, flush_rows)
+         force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
 
 
 @app.command()
@@ -165,7 +167,7 @@ def text(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
-    flush_rows: int = FLUSH,
+    flush_rows: int = FLUSH, prefetch: int = PREFETCH,
     text_column: str = typer.Option("text", "--text-column", help="Subtitle column: text, english, chinese ..."),
 ) -> None:
     """Subtitle features from a text column of the clip table."""
@@ -173,4 +175,4 @@ def text(
 
     _run("text", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
          force, limit, workers, scheduler, option, DecodeSettings(text_column=text_column),
-         flush_rows)
+         flush_rows, prefetch)

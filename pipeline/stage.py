@@ -2,7 +2,8 @@
 
 Decoding runs ahead of the model in a thread pool with a bounded number of clips in flight, so
 the model never waits when decoding is faster, and memory is bounded by ``prefetch``, not by the
-number of clips. Decoded clips are grouped by length over a few batches (audio, text), so a
+number of clips (``prefetch=0``: no pool, each clip is decoded in the calling thread just before it
+is needed). Decoded clips are grouped by length over a few batches (audio, text), so a
 forward pass is not mostly padding. One bad clip (missing or corrupt file, no audio track, empty
 subtitle, NaN output) is recorded in the ledger with its reason and the run goes on; the stage's
 report counts it and the CLI exits non-zero.
@@ -16,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,9 @@ class StageSpec:
         key: feature set key ``<modality>/<name>``; default derived from extractor, model and level.
         store_dtype: dtype of the stored vectors (``float16`` or ``float32``).
         decode: decode settings (recorded as provenance).
-        prefetch: decoded clips in flight ahead of the model (0: four batches, or one length group
-            when that is more).
+        prefetch: decoded clips in flight ahead of the model, in ``decode_threads`` threads (None:
+            four batches, or one length group when that is more; 0: serial, no decode thread: each
+            clip is decoded in the calling thread just before it is needed).
         decode_threads: threads decoding media.
         flush_rows: clips per committed segment (at most this much work is lost on a kill).
         flush_seconds: also commit when the oldest buffered clip is this old (bounds the work a kill loses).
@@ -70,7 +73,7 @@ class StageSpec:
     key: str | None = None
     store_dtype: str = "float16"
     decode: DecodeSettings = field(default_factory=DecodeSettings)
-    prefetch: int = 0
+    prefetch: int | None = None
     decode_threads: int = 2
     flush_rows: int = 256
     flush_seconds: float = 5.0
@@ -81,6 +84,14 @@ class StageSpec:
         if self.length_groups > 0:
             return self.length_groups
         return 1 if self.modality == "video" else 8
+
+    def ahead(self, batch_size: int) -> int:
+        """Decoded clips in flight ahead of the model (see :attr:`prefetch`; 0: serial)."""
+        if self.prefetch is None:
+            return max(4, self.groups()) * max(1, batch_size)  # the next group decodes while the model runs this one
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be None (default), 0 (serial) or positive, got {self.prefetch}")
+        return self.prefetch
 
     def build_config(self) -> ExtractorConfig:
         """The extractor's config dataclass filled from :attr:`config` (unknown fields are an error)."""
@@ -172,9 +183,19 @@ def select_names(table: ClipTable, only: Path | list[str] | None, limit: int | N
     return names[:limit] if limit is not None else names
 
 
-def decoded(spec: StageSpec, table: ClipTable, names: list[str], pool: ThreadPoolExecutor,
+def decoded(spec: StageSpec, table: ClipTable, names: list[str], pool: ThreadPoolExecutor | None,
             prefetch: int) -> Iterator[tuple[str, Any, str | None]]:
-    """``(name, item, None)`` or ``(name, None, reason)`` in order, decoding up to ``prefetch`` ahead."""
+    """``(name, item, None)`` or ``(name, None, reason)`` in order, decoding up to ``prefetch`` ahead
+    in ``pool``; without a pool each clip is decoded here, in the caller's thread, when it is asked for."""
+    if pool is None:
+        for name in names:
+            try:
+                item = load_item(spec.modality, table, name, spec.decode)
+            except DecodeError as exc:
+                yield name, None, exc.problem
+            else:
+                yield name, item, None
+        return
     pending: deque[tuple[str, Future[Any]]] = deque()
     todo = iter(names)
 
@@ -242,7 +263,7 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
     bs = max(1, extractor.config.batch_size)
     groups = spec.groups()
     by_length = groups > 1  # one group is table order
-    prefetch = spec.prefetch or max(4, groups) * bs  # the next group decodes while the model runs this one
+    prefetch = spec.ahead(bs)
     writer = fs.writer(flush_rows=spec.flush_rows, flush_seconds=spec.flush_seconds,
                        consolidate_every=32 if consolidate else 0)
 
@@ -274,7 +295,9 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
             if on_clip:
                 on_clip()
 
-    with ThreadPoolExecutor(max_workers=max(1, spec.decode_threads), thread_name_prefix="decode") as pool:
+    threaded = prefetch > 0 and extractor.decodes
+    with (ThreadPoolExecutor(max_workers=max(1, spec.decode_threads), thread_name_prefix="decode") if threaded
+          else nullcontext()) as pool:
         try:
             held: list[Any] = []  # decoded clips waiting to be grouped by length
             stream = (decoded(spec, table, names, pool, prefetch) if extractor.decodes
