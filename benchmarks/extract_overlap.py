@@ -33,13 +33,15 @@ underused (a GPU: ``--device cuda``).
 
 Video (``--video`` or ``--model clip-video``): the decode-heavy case. The four real clips of
 ``shared/data/video`` (596x336 to 320x240 H.264, 4.6-18.2 s), repeated under other names
-(symlinks, ``--n`` clips in all, the four sources interleaved so every chunk holds the same mix),
+(symlinks, ``--n`` clips in all, 16 by default, the four sources interleaved so every chunk of
+four holds the same mix),
 decoded at ``--fps`` frames per second (``--fps 0`` or ``--all-frames``: every frame) with face
 crops (``VideoDecodeConfig(faces=True)``: OpenCV Haar cascade, 224x224 crops), through the
 registered ``clip`` extractor with a CLIP ViT-B/16-sized image tower (hidden 768, 12 layers, 12
 heads, patch 16, 224 px, projection 512; random weights, a full ``CLIPModel`` with a tiny text
-tower plus a ``CLIPImageProcessor``, saved with ``save_pretrained``). Four ways, alternating chunk
-by chunk (their order rotates):
+tower plus a ``CLIPImageProcessor``, saved with ``save_pretrained``; ``--clip-size b32``: 32 px
+patches). Four ways, alternating chunk by chunk (``--chunk`` clips, 4 by default; their order
+rotates):
 
 (a) the stage end to end (``run_stage``, decode threads ahead of the model, default prefetch);
 (b) the model only, ``extractor.extract`` over the same batches of pre-decoded face crops;
@@ -57,8 +59,9 @@ decode + crop is at least a third of the model time, and the line says whether t
     python benchmarks/extract_overlap.py --model whisper --batch 4
     python benchmarks/extract_overlap.py --synthetic --n 200    # synthetic 3 s AAC clips (44.1 kHz stereo)
     python benchmarks/extract_overlap.py --model minilm --n 1024 --batch 64 --loop-n 256   # subtitles
-    python benchmarks/extract_overlap.py --video                # 32 real clips (8 x 4), 2 fps, face crops, ViT-B/16
-    python benchmarks/extract_overlap.py --video --fps 0 --n 8 --chunk 4   # every frame
+    python benchmarks/extract_overlap.py --video                # 16 real clips (4 x 4), 2 fps, face crops, ViT-B/16, ~12 min
+    python benchmarks/extract_overlap.py --video --clip-size b32        # ViT-B/32-sized tower, ~4 min
+    python benchmarks/extract_overlap.py --video --clip-size b32 --fps 0 --n 4   # every frame, ~10 min
     python benchmarks/extract_overlap.py --video --device cuda --batch 8 --n 64
 """
 
@@ -109,6 +112,7 @@ def make_hubert(folder: Path) -> Path:
 def make_clip(folder: Path, size: str = "b16") -> Path:
     """A CLIPModel with a ViT-B/16-sized image tower (random weights) and a CLIPImageProcessor.
 
+    ``size="b32"``: the same tower with 32 px patches (ViT-B/32, about 4x fewer FLOPs per frame);
     ``size="tiny"``: a 2-layer, 64-wide tower with the same 224 px input and patch 16, for smoke runs.
     The text tower is tiny either way (the ``clip`` extractor only runs the image tower).
     """
@@ -118,19 +122,22 @@ def make_clip(folder: Path, size: str = "b16") -> Path:
     torch.manual_seed(0)
     vision = dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12)
-    if size == "tiny":
+    if size == "b32":
+        vision.update(patch_size=32)
+    elif size == "tiny":
         vision.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
     cfg = CLIPConfig(text_config=dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=64, max_position_embeddings=16, pad_token_id=0,
                                       bos_token_id=1, eos_token_id=2),
-                     vision_config=vision, projection_dim=512 if size == "b16" else 64)
+                     vision_config=vision, projection_dim=64 if size == "tiny" else 512)
     model = CLIPModel(cfg)
     out = folder / f"clip-vit-{size}-random"
     model.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(out)
     n = sum(p.numel() for p in model.vision_model.parameters()) + sum(p.numel() for p in model.visual_projection.parameters())
-    print(f"model: random CLIP image tower ({'ViT-B/16 sizes: hidden 768, 12 layers, 12 heads' if size == 'b16' else 'tiny'}, "
-          f"patch 16, 224 px, projection {cfg.projection_dim}), {n / 1e6:.1f}M parameters, `clip` extractor")
+    what = "2 layers, hidden 64" if size == "tiny" else f"ViT-B/{vision['patch_size']} sizes: hidden 768, 12 layers, 12 heads"
+    print(f"model: random CLIP image tower ({what}, patch {vision['patch_size']}, 224 px, projection "
+          f"{cfg.projection_dim}), {n / 1e6:.1f}M parameters, `clip` extractor")
     return out
 
 
@@ -303,7 +310,7 @@ def audio_text_case(args: argparse.Namespace, root: Path) -> None:
 
 def video_case(args: argparse.Namespace, root: Path) -> None:
     """(a) stage, (b) model only, (c) decode + face crop alone, (d) serial stage, over real video."""
-    n = args.n or 32
+    n = args.n or 16
     clips, source = video_table(root, n)
     spec = stage_spec(args, clips, root / "features.zarr", make_clip(root, args.clip_size))
     serial = dataclasses.replace(spec, prefetch=0, store=root / "features-serial.zarr")
@@ -325,7 +332,7 @@ def video_case(args: argparse.Namespace, root: Path) -> None:
           + f" at {fps}")
     extractor.extract([items[names[0]]])  # warm-up, untimed
 
-    chunk = args.chunk or 8
+    chunk = args.chunk or len(VIDEO_CLIPS)
     chunks = [names[i:i + chunk] for i in range(0, n, chunk)]
     ways = ("stage", "model", "decode", "serial")
     wall = dict.fromkeys(ways, 0.0)
@@ -415,7 +422,7 @@ def main() -> None:
                          "(bundled MiniLM on the bundled MER2023 English subtitles), clip-video (the video case) "
                          "or a local HF speech folder")
     ap.add_argument("--video", action="store_true", help="the video case (same as --model clip-video)")
-    ap.add_argument("--n", type=int, default=None, help="clips for (a) and (b) (default: 120; video: 32)")
+    ap.add_argument("--n", type=int, default=None, help="clips for (a) and (b) (default: 120; video: 16)")
     ap.add_argument("--loop-n", type=int, default=32, help="clips for the per-clip loop (c); its rate is per clip")
     ap.add_argument("--batch", type=int, default=None,
                     help="clips per forward pass in (a) and (b) (default: 8; video: 1, i.e. up to 16 frames)")
@@ -423,15 +430,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="video: compute dtype of the CLIP tower (float16 on cuda)")
     ap.add_argument("--fps", type=float, default=2.0, help="video: frames sampled per second (0: every frame)")
     ap.add_argument("--all-frames", action="store_true", help="video: every frame (same as --fps 0)")
-    ap.add_argument("--clip-size", choices=["b16", "tiny"], default="b16",
-                    help="video: ViT-B/16-sized image tower (default) or a tiny one (smoke runs)")
+    ap.add_argument("--clip-size", choices=["b16", "b32", "tiny"], default="b16",
+                    help="video: ViT-B/16-sized image tower (default), ViT-B/32-sized, or a tiny one (smoke runs)")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--synthetic", action="store_true", help="synthetic 3 s clips instead of the bundled RAVDESS")
     ap.add_argument("--decode-threads", type=int, default=2, help="StageSpec.decode_threads")
     ap.add_argument("--prefetch", type=int, default=None,
                     help="StageSpec.prefetch (default: four batches or one length group; 0: serial)")
     ap.add_argument("--chunk", type=int, default=0,
-                    help="clips per alternation of the ways (0: one length group of the stage; video: 8)")
+                    help="clips per alternation of the ways (0: one length group of the stage; video: 4)")
     ap.add_argument("--length-groups", type=int, default=0,
                     help="StageSpec.length_groups: batches sorted by length together (0: the stage's default; 1: off)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one, removed)")
