@@ -19,7 +19,8 @@ also prints the ratio of the two models at their own defaults (AGT 64 vs attenti
 pairing the earlier version of this script measured.
 
     python benchmarks/fusion_speed.py                    # full size, 2 widths x 3 rounds (~15 min on 2 idle cores)
-    python benchmarks/fusion_speed.py --widths 64        # one width (~8 min)
+    python benchmarks/fusion_speed.py --widths 64        # one width (about half the time)
+    python benchmarks/fusion_speed.py --threads 1        # one torch thread: steadier when other jobs share the cores
     python benchmarks/fusion_speed.py --train 600 --pool 2000 --epochs 2 --folds 2 --repeats 1   # smoke run
 
 Last lines: ``agt_predict_ratio: Y`` and ``agt_train_ratio: X`` (AGT / attention at the first
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -38,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score
 
 from mer.fusion.config import TrainConfig
@@ -86,10 +89,14 @@ def main() -> None:
     ap.add_argument("--widths", default="64,128",
                     help="comma list W: AGT width W against attention hidden W (the first is the figure)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads (0: torch's default; 1 is far steadier when other jobs share the cores)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: temporary, removed)")
     args = ap.parse_args()
     widths = [int(w) for w in args.widths.split(",") if w.strip()]
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="mer-fusion-speed-", dir=args.dir))
     try:
         t0 = time.perf_counter()
@@ -101,7 +108,8 @@ def main() -> None:
         t0 = time.perf_counter()
         data = load_features(store, list(DIMS), list(labels))
         pool_data = load_features(store, list(DIMS), pool)
-        print(f"features read once: {len(data)} labelled + {len(pool_data)} pool clips in {time.perf_counter() - t0:.1f} s")
+        print(f"features read once: {len(data)} labelled + {len(pool_data)} pool clips in {time.perf_counter() - t0:.1f} s; "
+              f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
         y = np.array([CLASSES.index(labels[n]) for n in data.names])
         folds = make_folds([CLASSES[i] for i in y], args.folds, seed=0)
         cfg = TrainConfig(epochs=args.epochs, patience=args.epochs + 1, device=args.device)
