@@ -3,6 +3,7 @@ both store the same vectors and record the same failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -82,6 +83,6 @@ def test_prefetch_default_and_refusal(tmp_path) -> None:
     audio = StageSpec(modality="audio", clips=tmp_path, store=tmp_path, extractor="hf-speech")
     assert audio.prefetch is None and audio.ahead(4) == 8 * 4  # one length group of 8 batches
     video = StageSpec(modality="video", clips=tmp_path, store=tmp_path, extractor="clip")
-    assert video.ahead(4) == 16 and StageSpec(**{**video.__dict__, "prefetch": 0}).ahead(4) == 0
+    assert video.ahead(4) == 16 and dataclasses.replace(video, prefetch=0).ahead(4) == 0
     with pytest.raises(ValueError, match="prefetch"):
         StageSpec(modality="audio", clips=tmp_path, store=tmp_path, extractor="hf-speech", prefetch=-1).ahead(4)
