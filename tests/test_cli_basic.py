@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CLI_ENV, HANG_S
 from mer.store import FeatureStore
 from mer.store.tables import RAVDESS_CLASSES, read_clip_table, read_labels
 
@@ -21,14 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 RAVDESS = REPO / "examples" / "ravdess"
 AU_CSV = RAVDESS / "openface_au.csv"
 MER = Path(sys.executable).parent / "mer"
-ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+ENV = CLI_ENV
 
 
 def mer(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed console script (``python -m mer.pipeline.cli`` where it is not installed)."""
     prefix = [str(MER)] if MER.is_file() else [sys.executable, "-m", "mer.pipeline.cli"]
     return subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV,
-                          timeout=120)
+                          timeout=HANG_S)
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -241,9 +241,8 @@ def test_malformed_labels_file_for_only_gives_one_line_error(tmp_path: Path) -> 
 
 # ---- demo -----------------------------------------------------------------------------------
 
-def test_demo(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    res = mer("demo", "--out", out)
+def test_demo(demo_run) -> None:
+    out, res = demo_run  # `mer demo --out DIR`, run once per session (the fusion tests read its store)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "360 clips, 8 emotions, 12 speakers" in res.stdout
     assert res.stdout.count("│   360 │  360 │       0 │      0 │") == 3  # three stages, all clips done

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE, mer_cli
+from conftest import HANG_S, SAMPLE, mer_cli
 from media import write_av
 from mer.store import FeatureStore
 from mer.store.check import check_store
@@ -22,7 +22,7 @@ AUDIO_SET = "audio/whisper-ct2-whisper-base-utt"
 
 
 def mer(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=HANG_S)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_sigkill_mid_extract_then_rerun(tmp_path, clips):
     cmd = [*mer_cli(), "extract", "text", str(clips), "--store", str(killed), "--batch-size", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while proc.poll() is None and time.monotonic() < deadline:
         # the set's directory appears before its metadata is written: ask the store, not the path
         if TEXT_SET in FeatureStore(killed):

@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from conftest import MER2023, SAMPLE, mer_cli, write_csv  # noqa: E402
+from conftest import HANG_S, MER2023, SAMPLE, mer_cli, one_torch_thread, write_csv  # noqa: E402
 from mer.store import FeatureStore  # noqa: E402
 from tiny_models import (  # noqa: E402
     CLIP_PROJECTION,
@@ -46,7 +46,7 @@ F16 = dict(atol=3e-3, rtol=3e-3)  # stored float16 vs float32 computed here
 
 def mer(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest
-    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, timeout=HANG_S, env=env)
 
 
 def mer_all(*commands: tuple[object, ...]) -> list[subprocess.CompletedProcess[str]]:
@@ -80,12 +80,10 @@ def vocabulary(clips: Path, size: int = 800) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
+def _one_thread():
     """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mer_cli
+from conftest import mer_cli, one_torch_thread
 from mer.fusion.config import TrainConfig
 from mer.fusion.data import Standardizer, load_features, make_batch
 from mer.fusion.models import build_model
@@ -25,11 +25,20 @@ CHANCE = 1 / 8
 FAST = TrainConfig(epochs=25, patience=8, batch_size=32, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():  # small models: see conftest.ONE_THREAD_ENV
+        yield
+
+
 def _train(root: Path, out: Path, model: str, feats: list[str], **kw):
     return train_run(root / "features.zarr", feats, root / "labels.csv", out, model=model, train=FAST, folds=3,
                      clips_csv=root / "clips.csv", group_col="speaker", progress=False, **kw)
 
 
+# Floors sit 0.17-0.27 below the WAFs measured on an AVX2 CPU (0.677, 0.570, 0.756, 0.668, 0.762 in
+# this order; printed with -s), several times the spread between training seeds (a few hundredths
+# on these folds), so float differences between machines cannot decide them; each stays > 3x chance.
 @pytest.mark.parametrize("model,feats,floor", [
     ("single", [A], 0.40),
     ("single", [V], 0.40),
@@ -40,6 +49,7 @@ def _train(root: Path, out: Path, model: str, feats: list[str], **kw):
 def test_models_beat_chance_on_real_features(demo_store, tmp_path, model, feats, floor):
     m = _train(demo_store, tmp_path / model, model, feats)
     waf = m["summary"]["waf"]["mean"]
+    print(f"{model} on {', '.join(feats)}: WAF {waf:.3f} (floor {floor})")
     assert waf > floor > 3 * CHANCE, f"{model} WAF {waf:.3f}"
     assert m["oof"]["n"] == 360 and len(m["folds"]) == 3
     run = tmp_path / model

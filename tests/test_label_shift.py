@@ -94,10 +94,26 @@ SHIFTS = {"happy-heavy": [0.05, 0.10, 0.45, 0.25, 0.10, 0.05],
           "worried-heavy": [0.10, 0.10, 0.10, 0.10, 0.50, 0.10]}
 
 
+RESAMPLES = 3  # draws of 600 clips per shift (with replacement), seeds 0..2
+# Limits on the 9-draw means. Measured on an AVX2 CPU with the fixture's MLP trained under seeds 0
+# and 1 (a larger perturbation than any float difference between machines): mean L1 ratio
+# 0.40-0.41 (EM), 0.41-0.46 (BBSE); mean WAF gain 0.077-0.085 (EM), 0.085-0.091 (BBSE).
+MEAN_L1_RATIO = {"em": 0.6, "bbse": 0.65}
+MEAN_GAIN = {"em": 0.04, "bbse": 0.04}
+
+
 @pytest.mark.parametrize("method", ["em", "bbse"])
 def test_known_shift_on_real_features(mer_text, method):
-    """Per shift: the estimate is much closer to the truth than the training priors and WAF does
-    not drop; over the three shifts WAF rises clearly."""
+    """Over 3 shifts x 3 draws the estimate removes most of the distance to the true priors and WAF
+    rises clearly; in every draw the estimate is closer than the training priors and WAF does not
+    drop by much.
+
+    Why these margins: the figures move with the machine's float results (kernels, threads), through
+    the trained MLP and then through EM/BBSE; on one AMX machine a single draw (neutral-rare, BBSE)
+    gave an L1 ratio of 0.77 where the old per-draw limit was 0.75. So per draw only the direction
+    is asserted, with room (ratio < 0.95, WAF not 0.02 below; the worst draws seen here: 0.75 and
+    -0.005), and the strength on the 9-draw means, whose limits leave about 0.2 in ratio and 0.04 in
+    WAF to the means measured under two training seeds (see MEAN_L1_RATIO; printed with -s)."""
     from mer.fusion.predict import fold_probs, run_oof
     from mer.store.tables import read_labels
 
@@ -106,24 +122,29 @@ def test_known_shift_on_real_features(mer_text, method):
     y = np.array([classes.index(labels[n]) for n in names])
     oof = run_oof(mer_text / "run")
     assert oof.fold is not None and set(oof.fold.tolist()) == {0, 1, 2, 3, 4}
-    gains = []
+    ratios, gains = [], []
     for shift, mix in SHIFTS.items():
-        rng = np.random.default_rng(0)
-        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(share * 600)), replace=True)
-                              for c, share in enumerate(mix)])
-        ys, fp = y[idx], per_fold[:, idx]
-        true = np.bincount(ys, minlength=len(classes)) / len(ys)
-        l1_train = np.abs(oof.priors - true).sum()
-        assert l1_train > 0.5  # a clear shift
-        waf_before = f1_score(ys, fp.mean(0).argmax(1), average="weighted")
-        fix = correct(fp.mean(0), method, oof, fold_probs=fp)
-        l1 = np.abs(fix.priors - true).sum()
-        waf = f1_score(ys, fix.probs.argmax(1), average="weighted")
-        print(f"{shift} {method}: L1 {l1_train:.3f} -> {l1:.3f}, WAF {waf_before:.4f} -> {waf:.4f}")
-        assert l1 < 0.75 * l1_train, (shift, fix.priors.round(3), true.round(3))
-        assert waf > waf_before - 0.005, (shift, waf_before, waf)
-        gains.append(waf - waf_before)
-    assert np.mean(gains) > 0.03, gains
+        for seed in range(RESAMPLES):
+            rng = np.random.default_rng(seed)
+            idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(share * 600)), replace=True)
+                                  for c, share in enumerate(mix)])
+            ys, fp = y[idx], per_fold[:, idx]
+            true = np.bincount(ys, minlength=len(classes)) / len(ys)
+            l1_train = np.abs(oof.priors - true).sum()
+            assert l1_train > 0.5  # a clear shift
+            waf_before = f1_score(ys, fp.mean(0).argmax(1), average="weighted")
+            fix = correct(fp.mean(0), method, oof, fold_probs=fp)
+            l1 = np.abs(fix.priors - true).sum()
+            waf = f1_score(ys, fix.probs.argmax(1), average="weighted")
+            print(f"{shift} draw {seed} {method}: L1 {l1_train:.3f} -> {l1:.3f} ({l1 / l1_train:.3f}), "
+                  f"WAF {waf_before:.4f} -> {waf:.4f}")
+            assert l1 < 0.95 * l1_train, (shift, seed, fix.priors.round(3), true.round(3))
+            assert waf > waf_before - 0.02, (shift, seed, waf_before, waf)
+            ratios.append(l1 / l1_train)
+            gains.append(waf - waf_before)
+    print(f"{method}: mean L1 ratio {np.mean(ratios):.3f}, mean WAF gain {np.mean(gains):.4f}")
+    assert np.mean(ratios) < MEAN_L1_RATIO[method], ratios
+    assert np.mean(gains) > MEAN_GAIN[method], gains
 
 
 def test_predict_cli_prior_correction_and_vote(mer_text, tmp_path):

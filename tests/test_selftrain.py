@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MER2023, MER_CLASSES, mer_cli
+from conftest import HANG_S, MER2023, MER_CLASSES, ONE_THREAD_ENV, mer_cli, one_torch_thread
 from mer.fusion.selftrain import SelfTrainConfig, select_pseudo
 
 
@@ -33,7 +33,8 @@ def test_select_pseudo_thresholds_top_k_and_agreement():
 
 
 def _run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, env=ONE_THREAD_ENV,
+                          timeout=HANG_S)
 
 
 def _val_names(run: Path) -> list[list[str]]:
@@ -110,10 +111,11 @@ def test_selftrain_ensemble_source_with_agreement_and_prior_correction(mer_text,
 
     pool = read_names(mer_text / "pool.csv")
     common = dict(rounds=1, threshold=0.6, source="ensemble", prior_correction="em")
-    loose = run_selftrain(mer_text / "run", mer_text / "features.zarr", pool, tmp_path / "loose",
-                          SelfTrainConfig(**common), progress=False)
-    strict = run_selftrain(mer_text / "run", mer_text / "features.zarr", pool, tmp_path / "strict",
-                           SelfTrainConfig(**common, agreement=True), progress=False)
+    with one_torch_thread():
+        loose = run_selftrain(mer_text / "run", mer_text / "features.zarr", pool, tmp_path / "loose",
+                              SelfTrainConfig(**common), progress=False)
+        strict = run_selftrain(mer_text / "run", mer_text / "features.zarr", pool, tmp_path / "strict",
+                               SelfTrainConfig(**common, agreement=True), progress=False)
     for summary, out in ((loose, tmp_path / "loose"), (strict, tmp_path / "strict")):
         folds = json.loads((out / "round1" / "metrics.json").read_text())["folds"]
         assert len({f["n_pseudo"] for f in folds}) == 1  # one ensemble selection shared by all folds

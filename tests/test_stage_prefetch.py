@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import SAMPLE, write_csv
+from conftest import SAMPLE, one_torch_thread, write_csv
 from mer.pipeline.stage import StageReport, StageSpec, build_extractor, open_set, run_names, run_stage
 from mer.store import FeatureStore
 from mer.store.tables import read_clip_table
@@ -32,14 +32,10 @@ def clips(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def _one_thread():
     """The tiny model runs several times faster on one torch thread when other jobs share the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def spec(clips, store, prefetch: int | None) -> StageSpec:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS
+from conftest import HANG_S, SCRIPTS
 from mer.store import FeatureStore, ProvenanceMismatch
 from mer.store.check import check_store
 from mer.store.segments import Segment, list_segments
@@ -83,7 +83,7 @@ def test_sigkill_then_rerun_every_clip_once(tmp_path, level):
     assert kills >= 4, "the writer finished too quickly for the kills to land"
     assert progress and 0 < progress[-1] < n, f"the kills should leave a partial set: {progress}"
     assert progress == sorted(progress), f"each resumed run adds to the last: {progress}"
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     store = FeatureStore(s)
     assert check_store(store) == []
@@ -96,7 +96,7 @@ def test_two_writers_at_once_lose_and_double_nothing(tmp_path):
     subprocess.run(WRITER + [str(s), "audio/syn", "utt", "1"], check=True, capture_output=True)
     a = subprocess.Popen(WRITER + [str(s), "audio/syn", "utt", "1200", "--flush-rows", "30"])
     b = subprocess.Popen(WRITER + [str(s), "audio/syn", "utt", "1000", "--start", "800", "--flush-rows", "30"])
-    assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+    assert a.wait(timeout=HANG_S) == 0 and b.wait(timeout=HANG_S) == 0
     store = FeatureStore(s)
     assert check_store(store) == []
     _assert_complete(store, "audio/syn", "utt", 1800)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faultkit import (
+    HANG_S,
     assert_check_passes,
     mer,
     mer_popen,
@@ -85,13 +86,13 @@ def test_case7_sigkill_mid_extract_then_rerun(tmp_path, clips):
     progress = [0]
     for sig in (signal.SIGKILL, signal.SIGTERM):
         proc = mer_popen(*_args(table, store), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + HANG_S
         while proc.poll() is None and time.monotonic() < deadline and _done(store) <= progress[-1]:
             time.sleep(0.05)
         assert proc.poll() is None, "the run finished before it could be killed"
         durable = _done(store)
         os.kill(proc.pid, sig)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=HANG_S)
         progress.append(_done(store))
         if sig == signal.SIGKILL:  # write-ahead segments are left: check says so, and that is all
             res = mer("store", "check", store)
@@ -121,7 +122,7 @@ def test_case8_two_extracts_on_one_set_at_once(tmp_path, clips):
     store = tmp_path / "s.zarr"
     procs = [mer_popen(*_args(table, store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=HANG_S) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out + err
         assert "Traceback" not in err
@@ -143,7 +144,7 @@ def test_case8_processes_creating_one_new_store_at_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"s{i}.zarr"), str(start)],
                               stderr=subprocess.PIPE, text=True) for i in range(6) for _ in range(2)]
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=HANG_S)
         assert p.returncode == 0, err
     for i in range(6):
         assert FeatureStore(tmp_path / f"s{i}.zarr").sets() == ["audio/x"]
