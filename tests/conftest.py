@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +84,14 @@ def mer_cli() -> list[str]:
 # Fusion models are small: their matrices gain nothing from a second torch thread, and with two
 # threads on cores that another job shares, every small op waits for a descheduled thread (the
 # self-training test ran 7x slower under load). Fusion training in tests runs on one thread.
-ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def one_thread_env(**extra: str) -> dict[str, str]:
+    """This process's environment with one math thread for a subprocess, plus ``extra``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
 
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """Torch on one intra-op thread inside the block (see :data:`ONE_THREAD_ENV`), restored after."""
+    """Torch on one intra-op thread inside the block (see :func:`one_thread_env`), restored after."""
     import torch
 
     before = torch.get_num_threads()

@@ -27,7 +27,7 @@ FAST = TrainConfig(epochs=25, patience=8, batch_size=32, seed=0)
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    with one_torch_thread():  # small models: see conftest.ONE_THREAD_ENV
+    with one_torch_thread():  # small models: see conftest.one_thread_env
         yield
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HANG_S, MER2023, MER_CLASSES, ONE_THREAD_ENV, mer_cli, one_torch_thread
+from conftest import HANG_S, MER2023, MER_CLASSES, mer_cli, one_thread_env, one_torch_thread
 from mer.fusion.selftrain import SelfTrainConfig, select_pseudo
 
 
@@ -33,7 +33,7 @@ def test_select_pseudo_thresholds_top_k_and_agreement():
 
 
 def _run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, env=ONE_THREAD_ENV,
+    return subprocess.run([*mer_cli(), *map(str, args)], capture_output=True, text=True, env=one_thread_env(),
                           timeout=HANG_S)
 
 

@@ -18,7 +18,6 @@ import atexit
 import csv
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import HANG_S, mer_cli
+from conftest import HANG_S, mer_cli, one_thread_env
 from conftest import write_csv as write_table  # noqa: F401 - the fault tests import it from here
 
 SR = 16000
@@ -38,8 +37,7 @@ TIMEOUT = HANG_S  # a hang guard only (see conftest)
 
 def env(**extra: str) -> dict[str, str]:
     """Subprocess environment: one math thread (two cores are shared), wide rich output."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200",
-            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **extra}
+    return one_thread_env(COLUMNS="200", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", **extra)
 
 
 def mer(*args: object, preexec_fn: Callable[[], Any] | None = None, cwd: Path | None = None,
