@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/mer demo --out demo-out
 
+# Two worker processes (pytest-xdist), one per core; tests/conftest.py groups the modules that share
+# an expensive fixture and gives every worker one math thread. Most of the suite's time is
+# single-threaded (importing torch/transformers in each `mer` subprocess), so two at once halve it.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The tests whose figures depend most on the machine's float results, with one torch thread and
 # with the default; then `taskset -c 0 make test` once (see README, "Tests").

@@ -10,8 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Under pytest-xdist (`make test`: two worker processes on two cores) each worker, and every
+# subprocess it starts, gets one math thread: two workers with two threads each would put four
+# busy threads on two cores, where small torch ops wait on descheduled threads. Set before numpy
+# and torch load their thread pools; an explicit setting (``make portable``) is kept.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "ravdess"
@@ -22,6 +30,37 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 # Only a guard against a hang: no test is decided by wall-clock time (a loaded or slow machine is
 # slow, not wrong), so every subprocess and wait in the suite gets this generous bound.
 HANG_S = 900
+
+
+# ---- scheduling under pytest-xdist (`make test` runs ``-n 2 --dist loadgroup``) ------------------
+# Every module is one unit of work (its module-scoped fixtures, tiny models and tables, are built
+# once), except the modules sharing an expensive session fixture, which form one unit each so that
+# fixture is built once: the demo run (``demo_run``: the CLI tests and the fusion tests on its store)
+# and the MER2023 text features and run (``mer_text``: label shift and self-training).
+SHARED_FIXTURE_GROUPS = {
+    "test_cli_basic": "demo", "test_fusion_train": "demo",
+    "test_label_shift": "mer_text", "test_selftrain": "mer_text",
+}
+# The longest units start first (roughly 2 min of work each on two cores), so neither worker is
+# left with a long unit at the end while the other idles; the rest follow in collection order.
+FIRST_GROUPS = ["demo", "mer_text", "test_extract_cli", "test_faults_provenance", "test_finetune",
+                "test_faults_interrupt", "test_faults_nonfinite"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its xdist group (see :data:`SHARED_FIXTURE_GROUPS`) and start the
+    longest groups first. Runs before xdist's own hook, which appends the group to the node id;
+    without xdist the marks do nothing and only the order changes."""
+    def group(item: pytest.Item) -> str:
+        module = Path(str(item.fspath)).stem
+        return SHARED_FIXTURE_GROUPS.get(module, module)
+
+    for item in items:
+        if not any(True for _ in item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {g: i for i, g in enumerate(FIRST_GROUPS)}
+    items.sort(key=lambda it: rank.get(group(it), len(rank)))  # stable: collection order otherwise
 
 
 # Unit roundoff of the half types. Kernels differ by CPU (AMX / AVX512-BF16 accumulate
