@@ -47,20 +47,33 @@ FIRST_GROUPS = ["demo", "mer_text", "test_extract_cli", "test_faults_provenance"
                 "test_faults_interrupt", "test_faults_nonfinite"]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its xdist group (see :data:`SHARED_FIXTURE_GROUPS`) and start the
-    longest groups first. Runs before xdist's own hook, which appends the group to the node id;
-    without xdist the marks do nothing and only the order changes."""
-    def group(item: pytest.Item) -> str:
-        module = Path(str(item.fspath)).stem
-        return SHARED_FIXTURE_GROUPS.get(module, module)
+def xdist_group(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module's name, or its shared-fixture group."""
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return SHARED_FIXTURE_GROUPS.get(module, module)
 
-    for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(group(item)))
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the longest groups first (stable: collection order otherwise)."""
     rank = {g: i for i, g in enumerate(FIRST_GROUPS)}
-    items.sort(key=lambda it: rank.get(group(it), len(rank)))  # stable: collection order otherwise
+    items.sort(key=lambda it: rank.get(xdist_group(it.nodeid), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """With ``--dist loadgroup``: whole groups (:func:`xdist_group`) to one worker each, in
+    collection order. xdist's own loadgroup reads ``xdist_group`` marks from a suffix it appends to
+    node ids, which pytest 9.2 no longer lets it set (every test became its own unit), so the
+    grouping is done here from the node id's module instead."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return ModuleGroupScheduling(config, log)
 
 
 # Unit roundoff of the half types. Kernels differ by CPU (AMX / AVX512-BF16 accumulate
