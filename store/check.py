@@ -21,6 +21,7 @@ from .featurestore import FeatureStore
 from .layout import ATTR
 from .lock import locked
 from .segments import UNREADABLE_ERRORS, list_segments, read_segment_names
+from .supersede import REDONE, committed_names, finish_redone
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
     if repair:
         with locked(fs.path, what=f"feature set {fs.key!r}"):
             out.extend(_check_structure(fs, repair=True))
+            group = fs.group(mode="r+")
+            meta = dict(group.attrs[ATTR])
+            if REDONE in meta and all(a in group for a in _required(meta["level"])):
+                finish_redone(group, meta)  # redone clips committed, not yet moved to their final rows
     else:
         found = _check_structure(fs, repair=False)
         if found:  # the other checks would index arrays that are not there
@@ -128,9 +133,14 @@ def _check_structure(fs: FeatureSet, *, repair: bool) -> list[Problem]:
                 keep = int(falls[0])
             keep = int(np.searchsorted(offsets[: keep + 1], frames, side="right")) - 1
         f = int(offsets[keep]) if keep > 0 else 0
-    dropped = [str(x) for x in group["names"][keep:min(n, group["names"].shape[0])] if x != ""]
-    names = group["names"][:keep]
-    meta.update(n_rows=keep, n_frames=f, n_superseded=int((names == "").sum()))
+    tail = committed_names(group["names"], {**meta, "n_rows": min(n, group["names"].shape[0])})[keep:]
+    meta.update(n_rows=keep, n_frames=f)
+    if REDONE in meta:  # a redone clip whose new row is cut off keeps its old row
+        meta[REDONE] = [[a, b] for a, b in meta[REDONE] if max(a, b) < keep]
+    kept = committed_names(group["names"], meta)
+    meta["n_superseded"] = int((kept == "").sum())
+    still = set(kept.tolist())
+    dropped = list(dict.fromkeys(str(x) for x in tail if x != "" and x not in still))
     _truncate_to_ledger(group, meta)
     group.attrs[ATTR] = meta
     shown = ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else "")
@@ -164,6 +174,7 @@ def _reset_arrays(fs: FeatureSet, group, meta: dict) -> None:
     if meta["level"] == "frame":
         group["offsets"][0] = 0
     meta.update(n_rows=0, n_frames=0, n_superseded=0, extras=[], last_consolidation=[])
+    meta.pop(REDONE, None)
     group.attrs[ATTR] = meta
 
 
@@ -204,7 +215,7 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
     if any(p.problem.endswith("data lost") for p in out):
         return out  # the remaining checks would index past the arrays
 
-    names = names_arr[:n]
+    names = committed_names(names_arr, meta)  # rows superseded by the last commit read "" too
     blank = int((names == "").sum())
     if blank != int(meta.get("n_superseded", 0)):
         lost = blank - int(meta.get("n_superseded", 0))
@@ -232,7 +243,7 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
         if repair:
             names_arr[int(row)] = ""
     if repair and bad_rows:
-        meta["n_superseded"] = int((names_arr[:n] == "").sum())
+        meta["n_superseded"] = int((committed_names(names_arr, meta) == "").sum())
 
     done = set(names[names != ""].tolist())
     contradicted = [k for k in meta.get("failures", {}) if k in done]

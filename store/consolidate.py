@@ -6,8 +6,12 @@ is the rewrite of the group's ``zarr.json`` (atomic: temporary file + rename) th
 by the next consolidation. The ids of the segments merged by a commit are recorded in it, so a
 crash between the commit and the deletion of those segment files never merges them twice.
 
-A clip that is already committed and arrives again (a forced redo) replaces its row in place at
-utterance level; at frame level its old row is blanked (name ``""``) and the new frames appended.
+A clip that is already committed and arrives again (a forced redo, two overlapping runs) is
+appended like a new one at either level: nothing below the committed counts is written before the
+commit, so readers see the old commit until the new one. The commit also records which old row each
+redone clip replaces; the rows are then put in their final state (the old row takes the new vectors
+at utterance level, is blanked at frame level) and a second commit drops that record (see
+:mod:`.supersede`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .segments import (
     remove_stale_temporaries,
     set_aside,
 )
+from .supersede import REDONE, committed_names, finish_redone
 
 if TYPE_CHECKING:
     from .featureset import FeatureSet
@@ -43,7 +48,7 @@ MAX_BATCH_BYTES = 512 * 1024 * 1024  # segments merged per commit, to bound memo
 def consolidate(fs: FeatureSet, *, timeout: float = 600.0) -> int:
     """Merge every committed segment of ``fs`` into its arrays; returns the number of clips merged."""
     pending = fs.pending_dir
-    if not pending.is_dir():
+    if not pending.is_dir() and REDONE not in fs.meta():
         return 0
     try:
         merged = _consolidate(fs, pending, timeout)
@@ -63,6 +68,7 @@ def _consolidate(fs: FeatureSet, pending: Any, timeout: float) -> int:
     with locked(fs.path, timeout=timeout, what=f"feature set {fs.key!r}"):
         group = fs.group(mode="r+")
         meta = dict(group.attrs[ATTR])
+        finish_redone(group, meta)  # a consolidation that died between its two commits
         remove_stale_temporaries(pending)
         for seg_id in meta.get("last_consolidation", []):  # merged before a crash, not yet deleted
             (pending / f"{seg_id}.npz").unlink(missing_ok=True)
@@ -108,72 +114,90 @@ def _latest(batch: list[Segment]) -> tuple[dict[str, tuple[Segment, int]], dict[
 
 
 def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int:
-    """Append (or replace) the batch's clips, then commit by rewriting the group attributes."""
-    done, failed = _latest(batch)
+    """Append the batch's clips beyond the committed counts, then commit by rewriting the attributes.
+
+    Clips already committed (redone) are appended after the new ones, unnamed at utterance level;
+    the commit pairs each with the row it replaces and :func:`finish_redone` completes the move.
+    """
+    latest, failed = _latest(batch)
     n, f = int(meta["n_rows"]), int(meta["n_frames"])
-    names_arr, values = group["names"], group["values"]
     _truncate(group, meta, n, f)
-    existing = {str(x): i for i, x in enumerate(names_arr[:n]) if x != ""}
-    level = meta["level"]
-    dtype = np.dtype(meta["dtype"])
-
-    rows: dict[str, int] = {}
-    if level == "utt":
-        redo = [k for k in done if k in existing]
-        new = [k for k in done if k not in existing]
-        rows.update((k, existing[k]) for k in redo)
-        rows.update((k, n + j) for j, k in enumerate(new))
-        if redo:
-            rows = np.array([existing[k] for k in redo])
-            order = np.argsort(rows)
-            vecs = np.stack([_vec(done[k]) for k in redo]).astype(dtype)
-            values.set_orthogonal_selection((rows[order], slice(None)), vecs[order])
-        if new:
-            vecs = np.stack([_vec(done[k]) for k in new]).astype(dtype)
-            values.resize((n + len(new), values.shape[1]))
-            values[n:] = vecs
-            names_arr.resize((n + len(new),))
-            names_arr[n:] = np.array(new, dtype=object)
-        n += len(new)
+    existing = {str(x): i for i, x in enumerate(committed_names(group["names"], meta)) if x != ""}
+    new = [k for k in latest if k not in existing]
+    redo = [k for k in latest if k in existing]
+    done = {k: latest[k] for k in new + redo}  # the order of the appended rows
+    if meta["level"] == "utt":
+        _append_vectors(group, meta, done, n)
+        _append_names(group, new + [""] * len(redo), n)  # named by the copy back into the old rows
     else:
-        redo_rows = sorted(existing[k] for k in done if k in existing)
-        for row in redo_rows:  # blank the superseded rows; their frames stay but are unreachable
-            names_arr[row] = ""
-        meta["n_superseded"] = int(meta.get("n_superseded", 0)) + len(redo_rows)
-        rows.update((k, n + j) for j, k in enumerate(done))
-        clips = [_frames(done[k]) for k in done]
-        lengths = np.array([len(v) for v, _ in clips], dtype=np.int64)
-        total = int(lengths.sum())
-        if clips:
-            values.resize((f + total, values.shape[1]))
-            values[f:] = np.concatenate([v for v, _ in clips]).astype(dtype)
-            times = group["times"]
-            times.resize((f + total,))
-            times[f:] = np.concatenate([t for _, t in clips]).astype(np.float32)
-            offsets = group["offsets"]
-            offsets.resize((n + len(clips) + 1,))
-            offsets[n + 1:] = f + np.cumsum(lengths)
-            names_arr.resize((n + len(clips),))
-            names_arr[n:] = np.array(list(done), dtype=object)
-        n += len(clips)
-        f += total
+        f += _append_frames(group, meta, done, n, f)
+        _append_names(group, new + redo, n)
+    _write_extras(group, meta, done, n)
 
-    _write_extras(group, meta, done, rows, n)
     now = utc_now()
     failures = dict(meta.get("failures", {}))
     for name, reason in failed.items():
         failures[name] = {"reason": reason, "time": now}
     for name in done:
         failures.pop(name, None)
-    meta.update(n_rows=n, n_frames=f, failures=failures, updated=now,
+    meta.update(n_rows=n + len(done), n_frames=f, failures=failures, updated=now,
+                n_superseded=int(meta.get("n_superseded", 0)) + len(redo),
                 last_consolidation=[seg.seg_id for seg in batch])
+    if redo:
+        meta[REDONE] = [[existing[k], n + len(new) + j] for j, k in enumerate(redo)]
+        log.info("%d clips redone: %s", len(redo), ", ".join(redo[:10]) + (", ..." if len(redo) > 10 else ""))
     group.attrs[ATTR] = meta  # the commit
+    finish_redone(group, meta)
     return len(done)
 
 
-def _write_extras(group: zarr.Group, meta: dict[str, Any], done: dict[str, tuple[Segment, int]],
-                  rows: dict[str, int], n: int) -> None:
-    """Per-clip numbers (``clip_<key>`` arrays, NaN where not recorded), kept as long as ``names``."""
+def _append_vectors(group: zarr.Group, meta: dict[str, Any], done: dict[str, tuple[Segment, int]], n: int) -> None:
+    """Utterance level: the clips' vectors as rows ``n ...`` of ``values``."""
+    if not done:
+        return
+    values = group["values"]
+    vecs = np.stack([_vec(e) for e in done.values()]).astype(np.dtype(meta["dtype"]))
+    values.resize((n + len(done), values.shape[1]))
+    values[n:] = vecs
+
+
+def _append_frames(group: zarr.Group, meta: dict[str, Any], done: dict[str, tuple[Segment, int]], n: int,
+                   f: int) -> int:
+    """Frame level: the clips' frames and times from frame ``f``, their offsets from row ``n``.
+
+    Returns the number of frames appended.
+    """
+    if not done:
+        return 0
+    clips = [_frames(e) for e in done.values()]
+    lengths = np.array([len(v) for v, _ in clips], dtype=np.int64)
+    total = int(lengths.sum())
+    values = group["values"]
+    values.resize((f + total, values.shape[1]))
+    values[f:] = np.concatenate([v for v, _ in clips]).astype(np.dtype(meta["dtype"]))
+    times = group["times"]
+    times.resize((f + total,))
+    times[f:] = np.concatenate([t for _, t in clips]).astype(np.float32)
+    offsets = group["offsets"]
+    offsets.resize((n + len(clips) + 1,))
+    offsets[n + 1:] = f + np.cumsum(lengths)
+    return total
+
+
+def _append_names(group: zarr.Group, names: list[str], n: int) -> None:
+    if not names:
+        return
+    arr = group["names"]
+    arr.resize((n + len(names),))
+    arr[n:] = np.array(names, dtype=object)
+
+
+def _write_extras(group: zarr.Group, meta: dict[str, Any], done: dict[str, tuple[Segment, int]], n: int) -> None:
+    """Per-clip numbers (``clip_<key>`` arrays, NaN where not recorded) of the rows appended from ``n``.
+
+    Rows below ``n`` are not written here: a redone clip's numbers reach its old row (utterance
+    level) only after the commit, by :func:`finish_redone`.
+    """
     keys = set(meta.get("extras", []))
     for seg, _ in done.values():
         keys.update(seg.extras)
@@ -183,13 +207,16 @@ def _write_extras(group: zarr.Group, meta: dict[str, Any], done: dict[str, tuple
             group.create_array(name, shape=(0,), chunks=(INDEX_CHUNK,), dtype="float32", fill_value=np.nan,
                                dimension_names=("row",))
         arr = group[name]
-        old = arr.shape[0]
-        col = np.full(n, np.nan, dtype=np.float32)
-        col[:old] = arr[:old]
-        for clip, (seg, i) in done.items():
-            col[rows[clip]] = seg.extras[key][i] if key in seg.extras else np.nan
-        arr.resize((n,))
-        arr[:] = col
+        # Rows from n on are rewritten below. An array not yet listed may be longer (made by a
+        # consolidation that died before its commit: its rows below n are NaN) or shorter (new to
+        # the set, or cut short); growing may expose stale values of a chunk cut earlier: not recorded.
+        have = arr.shape[0]
+        arr.resize((n + len(done),))
+        if have < n:
+            arr[have:n] = np.nan
+        if done:
+            arr[n:] = np.array([seg.extras[key][i] if key in seg.extras else np.nan for seg, i in done.values()],
+                               dtype=np.float32)
     meta["extras"] = sorted(keys)
 
 
@@ -197,7 +224,7 @@ def _truncate(group: zarr.Group, meta: dict[str, Any], n: int, f: int) -> None:
     """Cut array tails written by a consolidation that died before its commit."""
     if group["names"].shape[0] != n:
         group["names"].resize((n,))
-    for key in meta.get("extras", []):
+    for key in meta.get("extras", []):  # one created by a consolidation that died: see _write_extras
         if f"clip_{key}" in group and group[f"clip_{key}"].shape[0] > n:
             group[f"clip_{key}"].resize((n,))
     if meta["level"] == "utt":

@@ -2,8 +2,9 @@
 
 A clip is *done* when its name is in the set's ``names`` array (committed by a consolidation) or in
 a committed write-ahead segment under ``_pending/``; it is *failed* when the ledger records a reason
-and it is not done. Reads see committed clips only; ``mer store check --fix`` (or the next writer)
-consolidates segments left behind by a process that died.
+and it is not done. Reads see committed clips only (a redone clip's old row until the commit that
+supersedes it, its new row after); ``mer store check --fix`` (or the next writer) consolidates
+segments left behind by a process that died.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from .errors import MissingClipsError
 from .layout import ATTR, PENDING_DIR
 from .provenance import Provenance
 from .segments import UNREADABLE_ERRORS, Segment, list_segments, read_segment_names, write_segment
+from .supersede import commit_key, committed_names
 
 if TYPE_CHECKING:
     from .writer import FeatureSetWriter
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_TRIES = 20  # re-reads of the ledger when a commit lands between reading it and the names
 
 
 @dataclass
@@ -93,9 +97,25 @@ class FeatureSet:
         return self.path / PENDING_DIR
 
     # ---- ledger ---------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[dict[str, Any], np.ndarray]:
+        """The ledger and its committed names (superseded rows as ``""``), read consistently.
+
+        The names are read between two reads of the ledger; when a commit lands in between (a
+        concurrent consolidation), both are read again, so rows and names belong to one commit.
+        """
+        meta = self.meta()
+        for _ in range(SNAPSHOT_TRIES):
+            names = committed_names(self.group()["names"], meta)
+            again = self.meta()
+            if commit_key(again) == commit_key(meta):
+                return meta, names
+            meta = again
+        log.debug("%s: the ledger kept changing while reading names; using the latest", self.key)
+        return meta, committed_names(self.group()["names"], meta)
+
     def _raw_names(self) -> np.ndarray:
         """The committed ``names`` array, superseded rows included as ``""``."""
-        return self.group()["names"][: self.meta()["n_rows"]]
+        return self._snapshot()[1]
 
     def names(self) -> list[str]:
         """Committed clip names in row order (superseded rows left out)."""
@@ -136,17 +156,18 @@ class FeatureSet:
         return {k: v for k, v in recorded.items() if k not in done_pending}
 
     # ---- reading --------------------------------------------------------------------------
-    def _rows_for(self, names: list[str] | None) -> tuple[list[str], np.ndarray]:
+    def _rows_for(self, names: list[str] | None) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+        """Names, their committed rows, and the ledger those rows belong to."""
+        meta, raw = self._snapshot()
+        present = np.flatnonzero(raw != "")
         if names is None:
-            raw = self._raw_names()
-            rows = np.flatnonzero(raw != "")
-            return raw[rows].tolist(), rows
-        index = self.index()
+            return raw[present].tolist(), present, meta
+        index = dict(zip(raw[present].tolist(), present.tolist()))
         names = [str(n) for n in names]
         missing = [n for n in names if n not in index]
         if missing:
             raise MissingClipsError(self.key, missing, len(names))
-        return names, np.array([index[n] for n in names], dtype=np.int64)
+        return names, np.array([index[n] for n in names], dtype=np.int64), meta
 
     def read(self, names: list[str] | None = None, *, dtype: str | None = None) -> np.ndarray | list[np.ndarray]:
         """Vectors aligned to ``names`` (all committed clips in row order when ``None``).
@@ -154,9 +175,8 @@ class FeatureSet:
         Utterance level returns ``[N, D]``; frame level a list of ``[T_i, D]`` arrays (see
         :meth:`read_padded`). Unknown names raise :class:`MissingClipsError` listing them.
         """
-        names, rows = self._rows_for(names)
+        names, rows, meta = self._rows_for(names)
         g = self.group()
-        meta = self.meta()
         if meta["level"] == "utt":
             out = _take_rows(g["values"], rows)
             return out.astype(dtype) if dtype else out
@@ -165,10 +185,10 @@ class FeatureSet:
 
     def read_extra(self, key: str, names: list[str] | None = None) -> np.ndarray:
         """Per-clip number ``key`` (e.g. ``faces``) aligned to ``names``; NaN where not recorded."""
-        names, rows = self._rows_for(names)
+        names, rows, meta = self._rows_for(names)
         g = self.group()
         if f"clip_{key}" not in g:
-            known = ", ".join(self.meta().get("extras", [])) or "none"
+            known = ", ".join(meta.get("extras", [])) or "none"
             raise KeyError(f"feature set {self.key!r} records no per-clip {key!r} (recorded: {known})")
         return g[f"clip_{key}"][:][rows]
 
@@ -176,9 +196,9 @@ class FeatureSet:
         """Per-frame timestamps (seconds) of frame-level clips, aligned to ``names``."""
         if self.level != "frame":
             raise ValueError(f"feature set {self.key!r} is utterance level: it has no frame times")
-        names, rows = self._rows_for(names)
+        names, rows, meta = self._rows_for(names)
         g = self.group()
-        return _take_ranges(g["times"], *_frame_ranges(g, self.meta(), rows))
+        return _take_ranges(g["times"], *_frame_ranges(g, meta, rows))
 
     def read_padded(self, names: list[str] | None = None, *, dtype: str = "float32",
                     max_frames: int | None = None) -> FrameBatch:
