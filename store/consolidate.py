@@ -42,7 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_BYTES = 512 * 1024 * 1024  # segments merged per commit, to bound memory
+# Segments merged per commit, to bound memory: a merge holds the batch's segments plus a
+# concatenated copy in the stored dtype, several times this. At 512 MiB a 10,000-clip frame-level
+# run (483 MiB of float16 features) peaked 1,057 MiB above a 1,000-clip run
+# (benchmarks/extract_scaling.py); a commit costs milliseconds, so batches stay small.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
 def consolidate(fs: FeatureSet, *, timeout: float = 600.0) -> int:
