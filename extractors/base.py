@@ -83,7 +83,14 @@ class Features:
 # ---- configs --------------------------------------------------------------------------------
 @dataclass
 class ExtractorConfig:
-    """Fields every extractor has; subclasses add their own, each with a comment."""
+    """Fields every extractor has; subclasses add their own, each with a comment.
+
+    ``SPEED_FIELDS`` names the fields that change only how fast (or where) the vectors are computed,
+    never the vectors: they are left out of :meth:`identity`, so a set started with one value is
+    resumed with another. A subclass with more such knobs extends the tuple.
+    """
+
+    SPEED_FIELDS: ClassVar[tuple[str, ...]] = ("device", "batch_size")
 
     model: str = ""  # Hugging Face hub id, open_clip name, or a local directory / weights file
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"
@@ -96,9 +103,10 @@ class ExtractorConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """Fields that change the vectors (not device or batch size): recorded as provenance."""
+        """Fields that change the vectors (all but :attr:`SPEED_FIELDS`), as configured; the
+        extractor's :meth:`Extractor.identity` replaces values such as ``"auto"`` by what they resolved to."""
         d = self.to_dict()
-        for k in ("device", "batch_size"):
+        for k in self.SPEED_FIELDS:
             d.pop(k, None)
         return d
 
@@ -136,6 +144,19 @@ class Extractor(ABC):
         """Local file or folder holding the weights (hashed into provenance), if any."""
         p = Path(self.config.model)
         return p if self.config.model and p.exists() else None
+
+    def identity(self) -> dict[str, Any]:
+        """The config's identity (:meth:`ExtractorConfig.identity`) as this loaded extractor runs it:
+        subclasses replace settings chosen at load time (``compute_type="auto"``) by what they resolved
+        to, so a set started on one device class is refused on another instead of silently mixed."""
+        return self.config.identity()
+
+    def revision(self) -> str | None:
+        """Commit hash of the Hugging Face hub snapshot the weights were loaded from; ``None`` for
+        local weights (their content hash identifies them) or when nothing came from the hub."""
+        if not self.config.model or self.weights_path() is not None or Path(self.config.model).exists():
+            return None
+        return loaded_revision(getattr(self, "model", None)) or hub_revision(self.config.model)
 
     def decode_settings(self) -> dict[str, Any]:
         """Decode settings this extractor needs (e.g. ``{"sample_rate": 16000}``)."""
@@ -190,6 +211,30 @@ def get_extractor(name: str) -> type[Extractor]:
 def extractor_names(modality: str | None = None) -> list[str]:
     """Registered names, optionally only those of one modality."""
     return sorted(k for k, v in REGISTRY.items() if modality is None or v.modality in (modality, ANY))
+
+
+def loaded_revision(model: Any) -> str | None:
+    """The hub commit a transformers model records it was loaded from (``config._commit_hash``,
+    set by transformers 4), or ``None``."""
+    config = getattr(model, "config", None)
+    commit = getattr(config, "_commit_hash", None) if config is not None else None
+    return commit if isinstance(commit, str) and commit else None
+
+
+def hub_revision(repo_id: str, revision: str = "main") -> str | None:
+    """Commit hash of the snapshot of hub repo ``repo_id`` that the local Hugging Face cache resolves
+    ``revision`` to (``refs/<revision>``, as the loaders just did), without any network access;
+    ``None`` when the repo is not in the cache or ``huggingface_hub`` is missing."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except ImportError:
+        return None
+    except (OSError, ValueError) as exc:  # not in the cache (LocalEntryNotFoundError), not a repo id
+        log.warning("cannot tell which snapshot of %r was loaded (%s); its revision is not recorded", repo_id, exc)
+        return None
+    return path.name if path.parent.name == "snapshots" else None
 
 
 def torch_dtype(name: str):  # -> torch.dtype

@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from .base import Extractor, ExtractorConfig, Features, ItemError, VideoClip, register_extractor, torch_dtype
+from .base import (
+    Extractor,
+    ExtractorConfig,
+    Features,
+    ItemError,
+    VideoClip,
+    hub_revision,
+    register_extractor,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +160,29 @@ class ClipExtractor(Extractor):
         if self.config.pretrained and Path(self.config.pretrained).is_file():
             return Path(self.config.pretrained)
         return super().weights_path()
+
+    def revision(self) -> str | None:
+        """Hub snapshot commit: of the HF model, or of the open_clip ``hf-hub:`` repo or pretrained tag
+        (``None`` for local folders and files, whose content hash identifies them)."""
+        if self.backend == "hf":
+            return super().revision()
+        if self.weights_path() is not None:
+            return None
+        repo = self._open_clip_repo()
+        return hub_revision(repo) if repo else None
+
+    def _open_clip_repo(self) -> str | None:
+        """The hub repo open_clip loads the weights from, or ``None`` (random init, a URL, a local file)."""
+        model, tag = self.config.model, self.config.pretrained
+        if model.startswith("hf-hub:"):
+            return model[len("hf-hub:"):].split("@")[0].strip("/")
+        if not tag or Path(tag).exists():
+            return None
+        import open_clip
+
+        hub = (open_clip.get_pretrained_cfg(model, tag) or {}).get("hf_hub") or ""
+        parts = [x for x in hub.split("/") if x]
+        return "/".join(parts[:2]) if len(parts) >= 2 else None
 
     # -- contract
     @property

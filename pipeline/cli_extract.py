@@ -39,8 +39,11 @@ SET = typer.Option(None, "--set", help="Feature set name (default: <extractor>-<
 ONLY = typer.Option(None, "--only", help="Only these clips (CSV with a name column, or one name per line).")
 FORCE = typer.Option(False, "--force", help="Redo selected clips; start the set anew if its provenance differs.")
 LIMIT = typer.Option(None, "--limit", help="Only the first N selected clips.")
-WORKERS = typer.Option(0, "--workers", help="Run on a local dask.distributed cluster of N worker processes.")
-SCHEDULER = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler.")
+WORKERS = typer.Option(0, "--workers", help="Run on a local dask.distributed cluster of N worker processes "
+                       "(with --device cuda: one GPU each, round robin).")
+SCHEDULER = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler "
+                         "(tcp://HOST:PORT); its workers must see the clip table, media, model and store at the "
+                         "same absolute paths as this machine.")
 OPTION = typer.Option(None, "--option", "-O", help="Extractor option key=value (repeatable), e.g. -O layers=last4.")
 FLUSH = typer.Option(256, "--flush-rows", min=1, help="Commit every N clips (or every 5 s): a killed run loses "
                      "at most that much work.")

@@ -4,47 +4,291 @@ Work is split into blocks of clips; each task decodes, extracts and writes its o
 write-ahead segments of the feature set, so no two workers ever write the same chunk, and the
 ledger counts a block's clips only once its segment is committed. The client consolidates the
 segments into the arrays at the end (and a rerun picks up whatever a dead run left behind).
+
+The client never loads the model. In order:
+
+1. Paths are made absolute (clip table, store, and the model / weights options when they name a
+   local path): a worker may run in another working directory. A model path is still *recorded*
+   in the set's provenance as typed, so a cluster run and a single-process run of one command
+   share a set.
+2. A pre-flight on every worker (:func:`preflight`) checks it sees the clip table, a media file,
+   the model folder and the store's file system (a token file the client writes next to the
+   store), and reports its host, working directory, dask threads and cores. A worker that cannot
+   see one of them is refused before any work, in one error naming the worker and the path.
+3. One worker builds the extractor (:func:`probe_stage`, kept in that worker's model cache for its
+   blocks) and reports the set key, level, dim and provenance, computed where the model runs (a
+   dtype resolved for the worker's device is the worker's). The client creates or reopens the set
+   with them (a different provenance is refused unless ``force``, as in a single-process run).
+4. Blocks run; each task sizes torch's threads from its own worker's host (:func:`task_threads`).
+5. After consolidating, the client checks that the store holds every clip a worker reported done
+   (:func:`verify_done`): a worker that wrote into its own copy of the path makes the run fail
+   naming those clips, not exit 0 with nothing consolidated.
+
+``--workers N --device cuda`` on a machine with GPUs starts worker *i* with
+``CUDA_VISIBLE_DEVICES`` set to the *i*-th visible GPU (round robin when there are fewer GPUs than
+workers), so each worker's ``cuda`` is its own device. On a real cluster (``--scheduler``) give
+each worker its GPU when starting it (``CUDA_VISIBLE_DEVICES=1 dask worker ...``, or ``dask cuda
+worker``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from dataclasses import asdict
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mer.store import FeatureSet, FeatureStore
+from mer.extractors.base import Extractor
+from mer.store import FeatureSet, FeatureStore, Provenance, StoreError
+from mer.store.tables import ClipTable, read_clip_table
 
-from .stage import StageReport, StageSpec, build_extractor, run_names
+from .stage import StageReport, StageSpec, build_extractor, create_set, provenance_of, run_names
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[str, Any] = {}  # per worker process: extractor and clip table, loaded once
+PATH_OPTIONS = ("model", "pretrained")  # config fields that may name a local file or folder
+WORKER_WAIT_S = 300.0  # how long the client waits for a scheduler's first worker
+TOKEN_PREFIX = ".mer-preflight-"
+
+_CACHE: dict[str, Any] = {}  # per worker process: extractor and clip table of one stage, loaded once
+_LOCK = threading.Lock()  # a worker's threads share the cache: one builds, the others wait for it
 
 
+class WorkerSetupError(OSError):
+    """A worker cannot run the stage (it does not see a path the client sees, or none is there)."""
+
+
+class LostClipsError(StoreError):
+    """Clips reported done by workers that the client's store does not hold."""
+
+    def __init__(self, fs: FeatureSet, missing: dict[str, list[str]]) -> None:
+        self.key = fs.key
+        self.missing = [n for names in missing.values() for n in names]
+        self.workers = sorted(missing)
+        shown = ", ".join(self.missing[:20]) + (", ..." if len(self.missing) > 20 else "")
+        super().__init__(
+            f"{len(self.missing)} clips that worker(s) {', '.join(self.workers)} reported done are not in "
+            f"feature set {fs.key!r} at {fs.path}: {shown}. The workers probably wrote to another copy of "
+            "that path (a file system the client does not share, or a path that resolves differently "
+            "there); these clips are not marked done, so the next run redoes them.")
+
+
+# ---- paths ------------------------------------------------------------------------------------
+def for_workers(spec: StageSpec) -> tuple[StageSpec, dict[str, str]]:
+    """``spec`` with absolute clip table and store paths, and absolute model / weights options
+    where they name an existing local path; also ``{option: value as typed}`` for those options."""
+    config = dict(spec.config)
+    typed: dict[str, str] = {}
+    for name in PATH_OPTIONS:
+        value = config.get(name)
+        if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+            config[name] = os.path.abspath(value)
+            typed[name] = value
+    spec = dataclasses.replace(spec, clips=Path(os.path.abspath(spec.clips)), store=Path(os.path.abspath(spec.store)),
+                               config=config)
+    return spec, typed
+
+
+def _nearest_dir(path: Path) -> Path:
+    """``path`` if it is a folder, else its nearest existing ancestor."""
+    p = path
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    return p
+
+
+# ---- pre-flight -------------------------------------------------------------------------------
+@dataclass
+class WorkerFacts:
+    """What one worker reports in the pre-flight.
+
+    Attributes:
+        address: the worker's address at the scheduler.
+        host, pid, cwd: where it runs.
+        nthreads: its dask threads (tasks it runs at once).
+        cpus: cores usable on its host (dask's count: affinity and cgroup quota).
+        threads: torch threads each of its tasks uses (:func:`task_threads`).
+        problems: paths it cannot see or write (empty: all is well).
+    """
+
+    address: str
+    host: str
+    pid: int
+    cwd: str
+    nthreads: int
+    cpus: int
+    threads: int = 1
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The worker sees everything the stage needs."""
+        return not self.problems
+
+    def where(self) -> str:
+        """``address (host H, pid P, cwd D)``: for messages."""
+        return f"{self.address} (host {self.host}, pid {self.pid}, cwd {self.cwd})"
+
+
+def worker_facts(checks: list[tuple[str, str, str]], token: tuple[str, str] | None,
+                 dask_worker: Any = None) -> WorkerFacts:
+    """Run on a worker by :func:`preflight` (``client.run``): its facts and what it cannot see.
+
+    ``checks`` are ``(what, path, kind)`` with kind ``file``, ``dir`` (must be writable) or
+    ``exists``; ``token`` is ``(path, content)`` of the client's same-file-system token.
+    """
+    from dask.system import CPU_COUNT
+
+    problems = []
+    for what, path, kind in checks:
+        p = Path(path)
+        if kind == "file" and not (p.is_file() and os.access(p, os.R_OK)):
+            problems.append(f"cannot read the {what} {path}")
+        elif kind == "dir" and not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
+            problems.append(f"cannot write in the {what} {path}")
+        elif kind == "exists" and not p.exists():
+            problems.append(f"cannot see the {what} {path}")
+    if token is not None:
+        path, content = token
+        try:
+            seen = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            seen = None
+        if seen != content:
+            problems.append(f"does not see the file {path} the client just wrote next to the store: it does not "
+                            f"share the client's file system there")
+    state = getattr(dask_worker, "state", dask_worker)
+    nthreads = int(getattr(state, "nthreads", 1) or 1)
+    address = getattr(dask_worker, "address", "") or ""
+    return WorkerFacts(address=address, host=socket.gethostname(), pid=os.getpid(), cwd=os.getcwd(),
+                       nthreads=nthreads, cpus=int(CPU_COUNT), problems=problems)
+
+
+def task_threads(facts: list[WorkerFacts]) -> dict[str, int]:
+    """Torch threads per task, by worker address: the cores of the worker's host divided among all
+    dask threads of the workers on that host (at least 1), so the host is used but not
+    oversubscribed whatever ``--nthreads`` / ``--nworkers`` each worker was started with."""
+    per_host: dict[str, int] = defaultdict(int)
+    for f in facts:
+        per_host[f.host] += max(1, f.nthreads)
+    return {f.address: max(1, f.cpus // per_host[f.host]) for f in facts}
+
+
+def _sample_media(table: ClipTable, names: list[str]) -> tuple[str, Path] | None:
+    """A clip among ``names`` whose media file the client sees, to ask the workers about."""
+    for name in names:
+        for column in ("audio", "video"):
+            if column in table.columns and table.column(column)[name]:
+                path = table.media_path(name, column)
+                if path is not None and path.is_file():
+                    return name, Path(os.path.abspath(path))
+    return None
+
+
+def preflight(client: Any, spec: StageSpec, table: ClipTable, names: list[str]) -> list[WorkerFacts]:
+    """Ask every worker whether it sees what the stage needs (``spec``'s paths must be absolute:
+    :func:`for_workers`) and how many threads it has; sets each one's :attr:`WorkerFacts.threads`.
+
+    Raises:
+        WorkerSetupError: naming each worker that cannot see a path, and the path; or no worker.
+    """
+    checks = [("clip table", str(spec.clips), "file")]
+    for name in PATH_OPTIONS:
+        value = spec.config.get(name)
+        if isinstance(value, str) and value and os.path.isabs(value) and os.path.exists(value):
+            checks.append((name, value, "exists"))
+    sample = _sample_media(table, names)
+    if sample is not None:
+        checks.append((f"media file of clip {sample[0]}", str(sample[1]), "file"))
+    anchor = _nearest_dir(Path(spec.store))
+    checks.append(("store" if anchor == Path(spec.store) else "folder that will hold the store", str(anchor), "dir"))
+    token_path = anchor / f"{TOKEN_PREFIX}{uuid.uuid4().hex}"
+    token: tuple[str, str] | None = (str(token_path), uuid.uuid4().hex)
+    try:
+        token_path.write_text(token[1], encoding="utf-8")
+    except OSError as exc:  # a folder the client cannot write: the store cannot be created either
+        log.debug("no pre-flight token in %s: %s", anchor, exc)
+        token = None
+    try:
+        found = client.run(worker_facts, checks, token)
+    finally:
+        token_path.unlink(missing_ok=True)
+    facts = []
+    for address, f in sorted(found.items()):
+        f.address = address  # as the scheduler knows it
+        facts.append(f)
+    if not facts:
+        raise WorkerSetupError(f"no dask worker is connected to the scheduler {_scheduler_address(client)}")
+    for f in facts:
+        f.threads = task_threads(facts)[f.address]
+        log.info("worker %s: %d dask thread(s), %d cores, %d torch thread(s) per task", f.where(), f.nthreads,
+                 f.cpus, f.threads)
+    bad = [f for f in facts if not f.ok]
+    if bad:
+        lines = [f"  worker {f.where()} {problem}" for f in bad for problem in f.problems]
+        raise WorkerSetupError(
+            f"{len(bad)} of {len(facts)} dask workers cannot run this stage:\n" + "\n".join(lines)
+            + "\nEvery worker must see the clip table, the media, the model and the store at the same absolute "
+            "paths as the client (a shared file system).")
+    return facts
+
+
+def _wait_for_a_worker(client: Any, scheduler: str) -> None:
+    """Wait (at most :data:`WORKER_WAIT_S`) until the scheduler has a worker."""
+    if client.scheduler_info().get("workers"):
+        return
+    log.info("waiting up to %.0f s for a worker at %s", WORKER_WAIT_S, scheduler)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise WorkerSetupError(f"no dask worker connected to the scheduler {scheduler} within "
+                               f"{WORKER_WAIT_S:.0f} s") from None
+
+
+def _scheduler_address(client: Any) -> str:
+    return str(getattr(client.scheduler, "address", "") or "")
+
+
+# ---- in the worker ----------------------------------------------------------------------------
 def _spec_key(spec: StageSpec) -> str:
     return json.dumps(asdict(spec), default=str, sort_keys=True)
 
 
-def run_block(spec: StageSpec, key: str, names: list[str],
-              threads: int) -> tuple[int, dict[str, str], dict[str, int], dict[str, str]]:
-    """Dask task: extract ``names`` into set ``key`` as committed segments.
-
-    Returns (done, failed, truncated, partial): see :class:`StageReport`.
-    """
-    from mer.store.tables import read_clip_table
-
+def worker_stage(spec: StageSpec, threads: int = 0) -> tuple[Extractor, ClipTable]:
+    """The stage's extractor and clip table, built once per worker process (and per stage): threads
+    of one worker share them, the first one builds while the others wait. A different stage
+    replaces them (the old model is released before the new one loads)."""
     ident = _spec_key(spec)
-    if _CACHE.get("ident") != ident:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before any model library starts its pool
-        _CACHE.clear()
-        _CACHE.update(ident=ident, extractor=build_extractor(spec), table=read_clip_table(spec.clips))
-        _limit_torch_threads(threads)
-    fs = FeatureStore(spec.store)[key]
-    report = StageReport(key=key)
-    run_names(spec, _CACHE["extractor"], fs, _CACHE["table"], names, report, consolidate=False)
-    return report.done, report.failed, report.truncated, report.partial
+    with _LOCK:
+        if _CACHE.get("ident") != ident:
+            if threads:
+                os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # before a model library starts its pool
+            _CACHE.clear()
+            extractor = build_extractor(spec)
+            _CACHE.update(ident=ident, extractor=extractor, table=read_clip_table(spec.clips))
+        return _CACHE["extractor"], _CACHE["table"]
+
+
+def _my_threads(threads: dict[str, int]) -> tuple[str, int]:
+    """This worker's address and torch threads per task (its own host's share when the pre-flight
+    did not see it: a worker that joined later)."""
+    from distributed import get_worker
+    from dask.system import CPU_COUNT
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not in a worker (called directly): this process's cores
+        return "", max(1, int(CPU_COUNT))
+    nthreads = int(getattr(worker.state, "nthreads", 1) or 1)
+    return worker.address, threads.get(worker.address) or max(1, int(CPU_COUNT) // nthreads)
 
 
 def _limit_torch_threads(threads: int) -> None:
@@ -52,51 +296,191 @@ def _limit_torch_threads(threads: int) -> None:
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is not None:
+    if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class StageInfo:
+    """What :func:`probe_stage` reports: where to write and what produced it."""
+
+    key: str
+    level: str
+    dim: int
+    provenance: Provenance
+    worker: str
+
+
+def probe_stage(spec: StageSpec, typed: dict[str, str], threads: dict[str, int]) -> StageInfo:
+    """Dask task: build the extractor here (kept for this worker's blocks) and report the set key,
+    level, dim and provenance; options made absolute by :func:`for_workers` are reported as typed."""
+    address, n = _my_threads(threads)
+    extractor, _ = worker_stage(spec, n)
+    _limit_torch_threads(n)
+    provenance = provenance_of(spec, extractor)
+    for name, value in typed.items():
+        if name in provenance.config:
+            provenance.config[name] = value
+    if "model" in typed:
+        provenance.model = typed["model"]
+    key = spec.set_key(dataclasses.replace(extractor.config, **typed))
+    return StageInfo(key=key, level=extractor.config.level, dim=int(extractor.dim), provenance=provenance,
+                     worker=address)
+
+
+def run_block(spec: StageSpec, key: str, names: list[str], threads: dict[str, int]
+              ) -> tuple[str, list[str], dict[str, str], dict[str, int], dict[str, str]]:
+    """Dask task: extract ``names`` into set ``key`` as committed segments.
+
+    Returns (worker address, names done, failed, truncated, partial): see :class:`StageReport`.
+    """
+    address, n = _my_threads(threads)
+    extractor, table = worker_stage(spec, n)
+    _limit_torch_threads(n)
+    fs = FeatureStore(spec.store)[key]
+    report = StageReport(key=key)
+    run_names(spec, extractor, fs, table, names, report, consolidate=False)
+    done = [name for name in names if name not in report.failed]
+    return address, done, report.failed, report.truncated, report.partial
+
+
+# ---- the client -------------------------------------------------------------------------------
 def block_size(spec: StageSpec, n_todo: int, n_workers: int) -> int:
     """Clips per task: a few tasks per worker for balance, at most one segment's worth."""
     per = max(1, n_todo // max(1, 4 * n_workers))
     return max(1, min(spec.flush_rows, per))
 
 
-def run_distributed(spec: StageSpec, fs: FeatureSet, todo: list[str], report: StageReport, *,
-                    workers: int = 0, scheduler: str | None = None, progress: bool = True) -> None:
-    """Extract ``todo`` on a dask cluster; fills ``report``; consolidates the set at the end."""
-    from dask.distributed import Client, LocalCluster, as_completed
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else torch's count."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
 
-    if not todo:
-        return
+
+def gpu_envs(device: str, workers: int, gpus: list[str]) -> list[dict[str, str]] | None:
+    """Environment of each local worker for ``--device cuda``: worker *i* sees GPU ``gpus[i % len]``
+    only; ``None`` (no per-worker environment) for another device, an explicit ``cuda:K`` (the
+    user's choice for every worker) or no GPU."""
+    if device != "cuda" or not gpus or workers < 1:
+        return None
+    if workers > len(gpus):
+        log.warning("%d workers share %d GPU(s) (round robin)", workers, len(gpus))
+    return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(workers)]
+
+
+def local_cluster(workers: int, device: str = "cpu", gpus: list[str] | None = None) -> Any:
+    """A local cluster of ``workers`` processes with one thread each; with ``device == "cuda"``
+    each worker gets its own GPU (:func:`gpu_envs`; ``gpus`` default: :func:`visible_gpus`)."""
+    from dask.distributed import LocalCluster
+
+    if device == "cuda" and gpus is None:
+        gpus = visible_gpus()
+    envs = gpu_envs(device, workers, gpus or [])
+    if envs is None:
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0"}}
+    options = {"host": "127.0.0.1", "nthreads": 1, "dashboard": False, "dashboard_address": None,
+               "silence_logs": logging.WARNING, "memory_limit": int(MEMORY_LIMIT // len(envs))}
+    specs = {i: {"cls": Nanny, "options": {**options, "env": env}} for i, env in enumerate(envs)}
+    log.info("local cluster: %s",
+             ", ".join(f"worker {i} on GPU {e['CUDA_VISIBLE_DEVICES']}" for i, e in enumerate(envs)))
+    return SpecCluster(scheduler=scheduler, workers=specs)
+
+
+def run_stage_distributed(spec: StageSpec, table: ClipTable, names: list[str], *, force: bool = False,
+                          workers: int = 0, scheduler: str | None = None, progress: bool = True) -> StageReport:
+    """Run a stage over ``names`` on a dask cluster (see the module docstring); the client loads no model.
+
+    Raises:
+        WorkerSetupError: a worker cannot see a path (before any work).
+        LostClipsError: clips a worker reported done are not in the store (after the run).
+    """
+    from dask.distributed import Client
+
+    t0 = time.perf_counter()
+    wspec, typed = for_workers(spec)
     cluster = None
     if scheduler:
         client = Client(scheduler)
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = local_cluster(workers, str(spec.build_config().device))
         client = Client(cluster)
     try:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        threads = max(1, (os.cpu_count() or 1) // n_workers)
-        size = block_size(spec, len(todo), n_workers)
-        blocks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        futures = [client.submit(run_block, spec, fs.key, b, threads, pure=False) for b in blocks]
-        bar = _progress(progress, fs.key, len(todo))
-        for fut in as_completed(futures):
-            done, failed, truncated, partial = fut.result()
-            report.done += done
-            report.failed.update(failed)
-            report.truncated.update(truncated)
-            report.partial.update(partial)
-            if bar:
-                bar[0].advance(bar[1], done + len(failed))
-        if bar:
-            bar[0].stop()
+        if scheduler:
+            _wait_for_a_worker(client, scheduler)
+        facts = preflight(client, wspec, table, names[:20])
+        threads = {f.address: f.threads for f in facts}
+        info = client.submit(probe_stage, wspec, typed, threads, pure=False).result()
+        log.info("%s: dim %d, level %s (model loaded on worker %s)", info.key, info.dim, info.level, info.worker)
+        fs = create_set(spec, info.key, level=info.level, dim=info.dim, provenance=info.provenance, force=force)
+        done = set() if force else fs.done_names()
+        todo = [n for n in names if n not in done]
+        report = StageReport(key=fs.key, total=len(names), skipped=len(names) - len(todo))
+        log.info("%s: %d clips, %d already done, %d to extract", fs.key, len(names), report.skipped, len(todo))
+        reported = _run_blocks(client, wspec, fs, todo, report, threads, len(facts), progress)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    fs.consolidate()
+    if todo:
+        fs.consolidate()
+        verify_done(fs, reported)
+        by_address = {f.address: f for f in facts}
+        for address, clips in sorted(reported.items()):
+            where = by_address[address].where() if address in by_address else address
+            log.info("worker %s: %d clips done", where, len(clips))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run_blocks(client: Any, spec: StageSpec, fs: FeatureSet, todo: list[str], report: StageReport,
+                threads: dict[str, int], n_workers: int, progress: bool) -> dict[str, list[str]]:
+    """Submit the blocks, fill ``report``; returns the clips each worker reported done."""
+    from dask.distributed import as_completed
+
+    reported: dict[str, list[str]] = defaultdict(list)
+    if not todo:
+        return reported
+    size = block_size(spec, len(todo), n_workers)
+    blocks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    futures = [client.submit(run_block, spec, fs.key, b, threads, pure=False) for b in blocks]
+    bar = _progress(progress, fs.key, len(todo))
+    try:
+        for fut in as_completed(futures):
+            address, done, failed, truncated, partial = fut.result()
+            reported[address].extend(done)
+            report.done += len(done)
+            report.failed.update(failed)
+            report.truncated.update(truncated)
+            report.partial.update(partial)
+            if bar:
+                bar[0].advance(bar[1], len(done) + len(failed))
+    finally:
+        if bar:
+            bar[0].stop()
+    return reported
+
+
+def verify_done(fs: FeatureSet, reported: dict[str, list[str]]) -> None:
+    """Check that ``fs`` holds every clip the workers reported done (``{address: names}``).
+
+    Raises:
+        LostClipsError: naming the missing clips (up to 20) and the workers that reported them.
+    """
+    have = fs.done_names()
+    missing = {address: [n for n in names if n not in have] for address, names in reported.items()}
+    missing = {address: names for address, names in missing.items() if names}
+    if missing:
+        raise LostClipsError(fs, missing)
 
 
 def _progress(enabled: bool, label: str, total: int) -> tuple[Any, Any] | None:

@@ -147,20 +147,26 @@ def provenance_of(spec: StageSpec, extractor: Extractor) -> Provenance:
     """Provenance of the vectors this stage writes."""
     weights = extractor.weights_path()
     decode = {**spec.decode.record(spec.modality), **extractor.decode_settings()}
-    config = extractor.config.identity()
+    config = extractor.identity()  # as resolved: compute_type "auto" is recorded as what it ran with
     if extractor.features_version() > 1:  # recorded only once it changed: older sets keep matching
         config["features_version"] = extractor.features_version()
     return Provenance(extractor=spec.extractor, config=config, model=extractor.config.model,
                       weights_hash=hash_path(weights) if weights is not None else None, decode=decode,
-                      finetune=read_finetune_record(weights))
+                      finetune=read_finetune_record(weights), revision=extractor.revision())
 
 
 def open_set(spec: StageSpec, extractor: Extractor, *, force: bool) -> FeatureSet:
     """Create or reopen the stage's feature set; a different provenance is refused unless ``force``."""
+    return create_set(spec, spec.set_key(extractor.config), level=extractor.config.level, dim=extractor.dim,
+                      provenance=provenance_of(spec, extractor), force=force)
+
+
+def create_set(spec: StageSpec, key: str, *, level: str, dim: int, provenance: Provenance,
+               force: bool) -> FeatureSet:
+    """Create or reopen set ``key`` of the stage's store from what an extractor reported (level, dim,
+    provenance: see :func:`open_set`); a different provenance is refused unless ``force``."""
     store = FeatureStore(spec.store)
-    kwargs = dict(level=extractor.config.level, dim=extractor.dim, provenance=provenance_of(spec, extractor),
-                  dtype=spec.store_dtype)
-    key = spec.set_key(extractor.config)
+    kwargs = dict(level=level, dim=dim, provenance=provenance, dtype=spec.store_dtype)
     try:
         return store.create(key, **kwargs)
     except ProvenanceMismatch:
@@ -327,6 +333,11 @@ def run_stage(spec: StageSpec, *, only: Path | list[str] | None = None, limit: i
     """Run a stage over the clip table: skip done clips (all selected ones with ``force``)."""
     table = read_clip_table(spec.clips)
     names = select_names(table, only, limit)
+    if workers or scheduler:  # the client loads no model: a worker does (see .distributed)
+        from .distributed import run_stage_distributed
+
+        return run_stage_distributed(spec, table, names, force=force, workers=workers, scheduler=scheduler,
+                                     progress=progress)
     extractor = build_extractor(spec)
     fs = open_set(spec, extractor, force=force)
     done = set() if force else fs.done_names()
@@ -334,12 +345,7 @@ def run_stage(spec: StageSpec, *, only: Path | list[str] | None = None, limit: i
     report = StageReport(key=fs.key, total=len(names), skipped=len(names) - len(todo))
     log.info("%s: %d clips, %d already done, %d to extract", fs.key, len(names), report.skipped, len(todo))
     t0 = time.perf_counter()
-    if workers or scheduler:
-        from .distributed import run_distributed
-
-        del extractor  # each worker loads its own
-        run_distributed(spec, fs, todo, report, workers=workers, scheduler=scheduler, progress=progress)
-    elif progress and todo:
+    if progress and todo:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

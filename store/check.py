@@ -3,9 +3,12 @@
 ``check_store`` compares each set's ledger with its data: array lengths against the committed
 counts, offsets, names (empty, duplicated), NaN/Inf or missing chunks (values use a NaN fill, so a
 lost chunk reads as NaN), ledger failures that contradict done clips, and write-ahead segments
-left behind by a process that died. ``repair=True`` (``mer store repair``) consolidates pending
-segments, cuts uncommitted tails, and drops from the ledger every clip whose data is missing (a lost
-array, arrays shorter than the ledger, a lost chunk of names, vectors that read as NaN/Inf), so a
+left behind by a process that died. Chunk files of the committed rows are also looked for on disk
+where a lost chunk would read as a plausible value: a lost ``offsets`` chunk (its fill, 0, hides where
+clips' frames lie) and a lost ``times`` chunk of a set that records times (its fill, NaN, reads as
+"time unknown"). ``repair=True`` (``mer store repair``) consolidates pending segments, cuts
+uncommitted tails, and drops from the ledger every clip whose data is missing (a lost array, arrays
+shorter than the ledger, a lost chunk of names, offsets or times, vectors that read as NaN/Inf), so a
 rerun redoes exactly those clips; the data of every other clip is left as it is.
 """
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .durable import chunk_paths
 from .featureset import FeatureSet
 from .featurestore import FeatureStore
 from .layout import ATTR
@@ -133,6 +137,16 @@ def _check_structure(fs: FeatureSet, *, repair: bool) -> list[Problem]:
                 keep = int(falls[0])
             keep = int(np.searchsorted(offsets[: keep + 1], frames, side="right")) - 1
         f = int(offsets[keep]) if keep > 0 else 0
+    dropped = _shrink_ledger(group, meta, keep, f)
+    shown = ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else "")
+    return [Problem(fs.key, f"arrays shorter than the ledger: {n - keep} committed clips have no data "
+                    f"({shown or 'names lost too'}); dropped from the ledger so a rerun redoes them", fixed=True)]
+
+
+def _shrink_ledger(group, meta: dict, keep: int, f: int) -> list[str]:
+    """Commit only the first ``keep`` rows / ``f`` frames and cut the arrays to them; returns the
+    clips dropped from the ledger (a rerun redoes them)."""
+    n = int(meta["n_rows"])
     tail = committed_names(group["names"], {**meta, "n_rows": min(n, group["names"].shape[0])})[keep:]
     meta.update(n_rows=keep, n_frames=f)
     if REDONE in meta:  # a redone clip whose new row is cut off keeps its old row
@@ -143,9 +157,19 @@ def _check_structure(fs: FeatureSet, *, repair: bool) -> list[Problem]:
     dropped = list(dict.fromkeys(str(x) for x in tail if x != "" and x not in still))
     _truncate_to_ledger(group, meta)
     group.attrs[ATTR] = meta
-    shown = ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else "")
-    return [Problem(fs.key, f"arrays shorter than the ledger: {n - keep} committed clips have no data "
-                    f"({shown or 'names lost too'}); dropped from the ledger so a rerun redoes them", fixed=True)]
+    return dropped
+
+
+def _lost_chunks(fs: FeatureSet, arr, lo: int, hi: int) -> list[tuple[int, int]]:
+    """First-axis ``[start, end)`` ranges (clipped to ``[lo, hi)``) of the chunks of ``arr`` holding
+    rows ``lo .. hi`` that are not on disk (local stores only)."""
+    size = int(arr.metadata.chunk_grid.chunk_shape[0])
+    lost = []
+    for i in range(lo // size, (hi - 1) // size + 1 if hi > lo else 0):
+        a, b = max(lo, i * size), min(hi, (i + 1) * size)
+        if not all(p.is_file() for p in chunk_paths(arr, [(a, b)], fs.path)):
+            lost.append((a, b))
+    return lost
 
 
 def _truncate_to_ledger(group, meta: dict) -> None:
@@ -230,16 +254,35 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
         out.append(Problem(fs.key, f"clip appears {int(counts[uniq == dup][0])} times", clip=str(dup)))
 
     if level == "frame":
+        lost = _lost_chunks(fs, group["offsets"], 0, n + 1) if n else []  # no clip: [0] is unwritten fill
+        if lost:  # fill 0: where the frames of those clips lie is unknown; keep the clips before
+            keep = max(0, lost[0][0] - 1)
+            problem = (f"offsets chunk(s) of rows {', '.join(f'{a}-{b - 1}' for a, b in lost)} missing: "
+                       f"the frames of clips from row {keep} on cannot be located")
+            if repair:
+                dropped = _shrink_ledger(group, meta, keep, int(group["offsets"][keep]) if keep else 0)
+                problem += f"; {len(dropped)} clips dropped from the ledger so a rerun redoes them"
+            out.append(Problem(fs.key, problem, fixed=repair))
+            return out
         offsets = group["offsets"][: n + 1]
         if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != f:
             out.append(Problem(fs.key, f"offsets are not monotone from 0 to {f} frames"))
             return out
-    bad_rows = _nonfinite_rows(group, level, n, f)
+    reasons = dict.fromkeys(_nonfinite_rows(group, level, n, f), "vectors missing or NaN/Inf")
+    lost = _lost_chunks(fs, group["times"], 0, f) if level == "frame" else []
+    if lost and len(lost) < -(-f // int(group["times"].metadata.chunk_grid.chunk_shape[0])):
+        # the set records times (some chunks are there: an all-NaN chunk is never written, so a set
+        # without times, e.g. text tokens, has none); a lost one would read as "time unknown"
+        for a, b in lost:
+            for row in range(int(np.searchsorted(offsets, a, side="right")) - 1,
+                             int(np.searchsorted(offsets, b - 1, side="right"))):
+                reasons.setdefault(row, "frame times missing (a lost chunk of times)")
+    bad_rows = sorted(reasons)
     for row in bad_rows:
         if names[row] == "":
             continue
-        out.append(Problem(fs.key, "vectors missing or NaN/Inf; marked not done so a rerun redoes it"
-                           if repair else "vectors missing or NaN/Inf", clip=str(names[row]), fixed=repair))
+        out.append(Problem(fs.key, reasons[row] + ("; marked not done so a rerun redoes it" if repair else ""),
+                           clip=str(names[row]), fixed=repair))
         if repair:
             names_arr[int(row)] = ""
     if repair and bad_rows:

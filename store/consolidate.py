@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from .durable import sync_commit, sync_rows
 from .errors import StoreError, StoreWriteError
 from .layout import ATTR, INDEX_CHUNK
 from .lock import locked
@@ -87,6 +88,13 @@ def _consolidate(fs: FeatureSet, pending: Any, timeout: float) -> int:
                             "not done and the next run redoes them", fs.key, path.name, type(exc).__name__, exc,
                             moved)
                 continue
+            if seg.generation != meta.get("generation", ""):  # an old writer's, after --force made the set anew
+                path.unlink(missing_ok=True)
+                log.warning("%s: write-ahead segment %s was written for an earlier incarnation of the set (generation "
+                            "%r, the set's is %r: deleted or started anew with --force while that writer was active); "
+                            "dropped, not merged: its %d clips are not done", fs.key, path.name, seg.generation,
+                            meta.get("generation", ""), len(seg.names))
+                continue
             batch.append(seg)
             size += seg.nbytes
             if size >= MAX_BATCH_BYTES:
@@ -125,6 +133,7 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
     """
     latest, failed = _latest(batch)
     n, f = int(meta["n_rows"]), int(meta["n_frames"])
+    f0 = f
     _truncate(group, meta, n, f)
     existing = {str(x): i for i, x in enumerate(committed_names(group["names"], meta)) if x != ""}
     new = [k for k in latest if k not in existing]
@@ -150,7 +159,13 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
     if redo:
         meta[REDONE] = [[existing[k], n + len(new) + j] for j, k in enumerate(redo)]
         log.info("%d clips redone: %s", len(redo), ", ".join(redo[:10]) + (", ..." if len(redo) > 10 else ""))
+    rows = [(n, n + len(done))]  # durable before the commit: the chunks written, array metadata, dirs
+    ranges = {"names": rows, "values": rows, **{f"clip_{k}": rows for k in meta["extras"]}}
+    if meta["level"] == "frame":
+        ranges.update(offsets=[(n + 1, n + len(done) + 1)], values=[(f0, f)], times=[(f0, f)])
+    sync_rows(group, ranges)
     group.attrs[ATTR] = meta  # the commit
+    sync_commit(group)  # and the commit before the segments are deleted
     finish_redone(group, meta)
     return len(done)
 

@@ -77,3 +77,38 @@ class StoreWriteError(StoreError):
         super().__init__(f"cannot write feature set {key!r} in {root}: {reason}{where}; {consequence}")
         self.key = key
         self.errno = exc.errno
+
+
+class StoreLockUnavailable(StoreError):
+    """The file system refuses POSIX record locks (``ENOLCK``, ``EOPNOTSUPP``...), e.g. NFS mounted
+    with ``nolock`` or without a running lock manager. The message names the lock file and the file
+    system type; nothing was written."""
+
+    def __init__(self, path: object, fstype: str, exc: OSError) -> None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        super().__init__(
+            f"cannot lock {path}: the {fstype} file system holding it refuses POSIX (fcntl) locks ({reason}); "
+            "nothing was written. mer needs them to keep concurrent writers apart: mount the file system with "
+            "locking enabled (NFS: not `nolock`, with the lock manager running; Lustre: `flock` or `localflock`), "
+            "or put the feature store on a file system that supports locks"
+        )
+        self.path = path
+        self.fstype = fstype
+        self.errno = exc.errno
+
+
+class FeatureSetRecreated(StoreError):
+    """The set a writer was writing was deleted, or deleted and started anew (``--force``), by
+    another process: what the writer writes now would belong to a set that no longer exists."""
+
+    def __init__(self, key: str, root: object, expected: str, found: str | None, n_clips: int) -> None:
+        now = "no longer exists" if found is None else f"is now generation {found or '(legacy)'!r}"
+        super().__init__(
+            f"feature set {key!r} in {root} was deleted or started anew (--force) by another process while this "
+            f"process was writing it (this writer's generation {expected or '(legacy)'!r}; the set {now}): "
+            f"the {n_clips} clips of this write are not saved and no clip of this writer counts as done in the "
+            "new set; rerun to write them into the current set"
+        )
+        self.key = key
+        self.expected = expected
+        self.found = found

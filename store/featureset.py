@@ -5,6 +5,13 @@ a committed write-ahead segment under ``_pending/``; it is *failed* when the led
 and it is not done. Reads see committed clips only (a redone clip's old row until the commit that
 supersedes it, its new row after); ``mer store check --fix`` (or the next writer) consolidates
 segments left behind by a process that died.
+
+A set's *generation* (``attributes.mer.generation``, a random id made by ``create``; missing, i.e.
+``""``, in sets written before generations existed) changes when the set is deleted and made anew
+(``--force``). A handle remembers the generation it was made for and stamps it on every segment it
+writes; once the set has another generation (or is gone), writing through the handle raises
+:class:`~mer.store.errors.FeatureSetRecreated`, and segments of another generation are not done
+and never merged (a consolidation drops them).
 """
 
 from __future__ import annotations
@@ -18,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from .errors import MissingClipsError
+from .errors import FeatureSetRecreated, MissingClipsError
 from .layout import ATTR, PENDING_DIR
 from .provenance import Provenance
-from .segments import UNREADABLE_ERRORS, Segment, list_segments, read_segment_names, write_segment
+from .segments import LEGACY_GENERATION, UNREADABLE_ERRORS, Segment, list_segments, read_segment_header, write_segment
 from .supersede import commit_key, committed_names
 
 if TYPE_CHECKING:
@@ -53,13 +60,29 @@ class FeatureSet:
     """A ``<modality>/<name>`` group of a :class:`~mer.store.FeatureStore`.
 
     Instances are cheap handles: every call re-reads the group's metadata, so a handle stays
-    correct while other processes append to the set.
+    correct while other processes append to the set. Reads follow the set as it is now; writes
+    belong to the generation the handle was made for (:attr:`generation`).
     """
 
     def __init__(self, root: Path, key: str) -> None:
         self.root = Path(root)
         self.key = key
         self.path = self.root / key
+        self._generation = self.current_generation()
+
+    @property
+    def generation(self) -> str:
+        """Generation of the set this handle writes for (read when the handle was made)."""
+        if self._generation is None:  # made before the set existed
+            self._generation = self.current_generation()
+        return LEGACY_GENERATION if self._generation is None else self._generation
+
+    def current_generation(self) -> str | None:
+        """The set's generation as stored now; ``None`` when the set is gone or unreadable."""
+        try:
+            return str(self.meta().get("generation", LEGACY_GENERATION))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     # ---- metadata -------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -129,14 +152,19 @@ class FeatureSet:
         return dict(zip(raw[rows].tolist(), rows.tolist()))
 
     def pending_names(self) -> tuple[set[str], dict[str, str]]:
-        """Done and failed names held in uncommitted segments."""
+        """Done and failed names held in uncommitted segments of the set's current generation."""
         done: set[str] = set()
         failed: dict[str, str] = {}
+        current = self.current_generation()
         for path in list_segments(self.pending_dir):
             try:
-                d, f = read_segment_names(path)
+                d, f, generation = read_segment_header(path)
             except UNREADABLE_ERRORS as exc:  # deleted by a concurrent consolidation, or damaged
                 log.debug("segment %s vanished or is unreadable: %s", path, exc)
+                continue
+            if generation != current:  # left by a writer of the set's previous incarnation
+                log.debug("segment %s belongs to generation %r, not the set's %r: not done", path, generation,
+                          current)
                 continue
             done.update(d)
             failed.update(dict.fromkeys(f, "recorded in a pending segment"))
@@ -229,8 +257,21 @@ class FeatureSet:
                                 consolidate_every=consolidate_every)
 
     def write_segment(self, segment: Segment) -> str:
-        """Commit one segment (used directly by distributed workers); returns its id."""
-        return write_segment(self.pending_dir, segment)
+        """Commit one segment (used directly by distributed workers); returns its id.
+
+        Raises :class:`~mer.store.errors.FeatureSetRecreated` when the set was deleted or made
+        anew since this handle was made; a recreate racing the write itself leaves a segment of
+        the old generation, which is not done and is dropped by the next consolidation.
+        """
+        generation = self.generation
+
+        def same_set() -> None:
+            found = self.current_generation()
+            if found != generation:
+                raise FeatureSetRecreated(self.key, self.root, generation, found,
+                                          len(segment.names) + len(segment.failed))
+
+        return write_segment(self.pending_dir, segment, generation=generation, check=same_set)
 
     def consolidate(self, *, timeout: float = 600.0) -> int:
         """Merge pending segments into the arrays; returns the number of clips merged."""

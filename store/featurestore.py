@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from zarr.errors import ContainsGroupError
 from .errors import FeatureSetNotFound, MissingClipsError, ProvenanceMismatch, StoreError
 from .featureset import FeatureSet
 from .layout import ATTR, DTYPES, FORMAT_VERSION, LEVELS, check_key, create_arrays
-from .lock import locked
+from .lock import locked, locked_store
 from .provenance import Provenance, identity_differences, utc_now
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class FeatureStore:
         keys: list[str] = []
         if not self.path.is_dir():
             return keys
-        for mod in sorted(p for p in self.path.iterdir() if p.is_dir()):
-            for sub in sorted(p for p in mod.iterdir() if p.is_dir()):
+        for mod in sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for sub in sorted(p for p in mod.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 if _is_set(sub):
                     keys.append(f"{mod.name}/{sub.name}")
         return keys
@@ -95,7 +96,21 @@ class FeatureStore:
         """Open ``key`` for writing, creating it if needed.
 
         An existing set is reused only when its level, dim, dtype and provenance identity match;
-        otherwise :class:`ProvenanceMismatch` is raised, unless ``force`` starts the set anew.
+        otherwise :class:`ProvenanceMismatch` is raised, unless ``force`` starts the set anew: it is
+        deleted and made again with a new *generation*, all under the store's lock and the set's
+        lock, so a consolidation waiting for the set's lock sees the new set whole, and segments an
+        old writer still writes are never merged into it (see :class:`FeatureSet`).
+
+        What is at ``<store>/<key>`` when it is not a set decides what happens:
+
+        * nothing: the set is made;
+        * a directory without ``zarr.json``, or whose ``zarr.json`` is a Zarr v3 group with no
+          attributes at all: a create that was interrupted (the group and its arrays are made
+          before the attributes, which are written last); it is deleted and made anew;
+        * anything else (``zarr.json`` unreadable or not JSON, of another Zarr format, an array, a
+          group with attributes that are not a mer set's, a set of a newer mer format): raises
+          :class:`StoreError` naming the set and the problem, with or without ``force``, and
+          deletes nothing.
         """
         self._writable()
         check_key(key)
@@ -107,8 +122,12 @@ class FeatureStore:
             raise ValueError(f"dim must be positive, got {dim}")
         wanted = {"level": level, "dim": int(dim), "dtype": dtype, **provenance.identity()}
         self._ensure_root()
-        with locked(self.path, what=f"store {self.path}"):  # two processes creating one set at once
-            if key in self:
+        trash: Path | None = None
+        # the store's lock: two processes creating one set at once; the set's lock (a file that
+        # outlives the set's directory): consolidations of the set, also one waiting across --force
+        with locked_store(self.path), locked(self.path / key, what=f"feature set {key!r}"):
+            state, problem = _set_state(self.path / key)
+            if state == "set":
                 fs = FeatureSet(self.path, key)
                 if not force:
                     meta = fs.meta()
@@ -120,32 +139,52 @@ class FeatureStore:
                     fs.consolidate()  # pick up segments a dead writer left behind
                     return fs
                 log.info("--force: deleting feature set %s to start it anew", key)
-                self.delete(key)
+                trash = self._move_away(key)
+            elif state == "half":  # a writer killed while creating the set: no ledger, no data
+                log.warning("feature set %s was left half-created by an interrupted run (%s); creating it anew",
+                            key, problem)
+                shutil.rmtree(self.path / key)
+            elif state in ("foreign", "newer"):
+                raise StoreError(f"cannot create feature set {key!r} in {self.path}: {problem}; "
+                                 "nothing was changed (move it away or choose another set name)")
             modality, name = key.split("/")
-            half_made = self.path / key
-            if half_made.exists():  # a writer killed while creating the set: no ledger, no data
-                log.warning("feature set %s was left half-created by an interrupted run; creating it anew", key)
-                shutil.rmtree(half_made)
             root = zarr.open_group(str(self.path), mode="a")
             group = root.require_group(modality).create_group(name)
             create_arrays(group, level, int(dim), dtype)
             if level == "frame":
                 group["offsets"][0] = 0
-            group.attrs[ATTR] = {
+            group.attrs[ATTR] = {  # written last: a group without attributes is a create cut short
                 "format": FORMAT_VERSION, "level": level, "dim": int(dim), "dtype": dtype,
                 "n_rows": 0, "n_frames": 0, "provenance": provenance.to_dict(), "failures": {},
-                "last_consolidation": [], "created": utc_now(), "updated": utc_now(),
+                "last_consolidation": [], "generation": uuid.uuid4().hex, "created": utc_now(),
+                "updated": utc_now(),
             }
+        if trash is not None:
+            shutil.rmtree(trash)
         return FeatureSet(self.path, key)
 
     def delete(self, key: str) -> None:
-        """Remove a feature set and everything pending for it."""
+        """Remove a feature set and everything pending for it.
+
+        Writers still writing it get :class:`~mer.store.errors.FeatureSetRecreated` at their next
+        commit; what they manage to write meanwhile lands nowhere (or, if the set is made anew at
+        once, in a new generation that never merges it).
+        """
         self._writable()
-        fs = self[key]
-        with locked(fs.path, what=f"feature set {key!r}"):
-            trash = fs.path.with_name(f".{fs.path.name}.deleting-{os.getpid()}")
-            os.rename(fs.path, trash)  # atomic: the set vanishes at once
+        self[key]  # raises FeatureSetNotFound
+        with locked_store(self.path), locked(self.path / key, what=f"feature set {key!r}"):
+            if key not in self:
+                raise FeatureSetNotFound(key, self.sets())
+            trash = self._move_away(key)
         shutil.rmtree(trash)
+
+    def _move_away(self, key: str) -> Path:
+        """Rename the set's directory to a hidden name (atomic: the set vanishes at once); the caller
+        holds the set's lock and removes the returned directory."""
+        path = self.path / key
+        trash = path.with_name(f".{path.name}.deleting-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.rename(path, trash)
+        return trash
 
     def _writable(self) -> None:
         """Refuse to start writing where nothing could be written (before any work is done)."""
@@ -218,12 +257,47 @@ class FeatureStore:
 
 
 def _is_set(path: Path) -> bool:
+    return _set_state(path)[0] in ("set", "newer")
+
+
+def _set_state(path: Path) -> tuple[str, str]:
+    """What is at a set's directory, and why: ``("absent"|"set"|"newer"|"half"|"foreign", reason)``.
+
+    ``newer`` is a set of a newer mer format (listed, never written); ``half`` is a create that was
+    cut short (no ``zarr.json``, or a Zarr v3 group without any attributes); ``foreign`` is
+    everything that is neither a mer set nor that (see :meth:`FeatureStore.create`), which must
+    never be deleted.
+    """
+    if not path.exists():
+        return "absent", "nothing there"
+    if not path.is_dir():
+        return "foreign", f"{path} is a file, not a directory"
     meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
+    if not meta.exists():
+        return "half", "a directory without zarr.json"
     try:
         with open(meta, encoding="utf-8") as f:
             doc = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return doc.get("node_type") == "group" and ATTR in doc.get("attributes", {}) and "level" in doc["attributes"][ATTR]
+    except (OSError, ValueError) as exc:
+        return "foreign", f"its zarr.json cannot be read ({type(exc).__name__}: {exc})"
+    if not isinstance(doc, dict):
+        return "foreign", "its zarr.json is not a JSON object"
+    if doc.get("zarr_format") != 3:
+        return "foreign", (f"its zarr.json is of Zarr format {doc.get('zarr_format')!r}, not 3 (written by newer "
+                           "or other software)")
+    if doc.get("node_type") != "group":
+        return "foreign", f"its zarr.json describes a Zarr {doc.get('node_type')!r}, not a group"
+    attrs = doc.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        return "foreign", "its zarr.json has attributes that are not a JSON object"
+    if not attrs:
+        return "half", "a Zarr group without attributes"
+    mer = attrs.get(ATTR)
+    if not isinstance(mer, dict) or "level" not in mer:
+        return "foreign", ("its zarr.json is a Zarr group whose attributes are not a mer feature set's "
+                           f"({', '.join(sorted(attrs))})")
+    fmt = mer.get("format", FORMAT_VERSION)
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        return "newer", (f"its zarr.json is a feature set of mer format {mer.get('format')!r}, newer than this mer "
+                           f"understands ({FORMAT_VERSION}); upgrade mer")
+    return "set", "a feature set"

@@ -1,9 +1,15 @@
 """Provenance of a feature set: what produced its vectors, recorded in the set's attributes.
 
 Two writers may share a set only when the *identity* part of their provenance agrees: extractor,
-its config, the model and its weights hash, the decode settings and the layout (level, dim, dtype).
-Package versions, the project commit and the creation time are recorded but not compared, so a
-`pip upgrade` does not lock anyone out of resuming a half-done set.
+its config (as resolved: ``compute_type="auto"`` is recorded as the type it ran with), the model, its
+hub revision (the snapshot commit of a hub id) or its weights hash (a local folder or file), the
+decode settings and the layout (level, dim, dtype). Package versions, the project commit and the
+creation time are recorded but not compared, so a `pip upgrade` does not lock anyone out of resuming
+a half-done set; nor are speed knobs (:data:`SPEED_CONFIG_KEYS`).
+
+Sets written before ``revision`` was recorded load with ``revision=None``: a local model keeps
+matching (its revision is ``None`` too), a hub id is refused (``revision: stored=None new='<commit>'``)
+because which snapshot wrote the set cannot be told.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ TRACKED_PACKAGES = (
     "mer", "numpy", "zarr", "torch", "transformers", "open_clip_torch", "ctranslate2",
     "decord", "av", "scikit-learn",
 )
-IDENTITY_FIELDS = ("extractor", "config", "model", "weights_hash", "decode")
+IDENTITY_FIELDS = ("extractor", "config", "model", "revision", "weights_hash", "decode")
+# Config keys that change only speed or placement, never the vectors. Extractors leave them out of
+# the config they record (``ExtractorConfig.SPEED_FIELDS``); older mer recorded some of them
+# (``intra_threads``, ``device_map``), so they are also dropped from stored configs before comparing.
+SPEED_CONFIG_KEYS = ("device", "batch_size", "intra_threads", "device_map")
 
 
 @dataclass
@@ -41,6 +51,9 @@ class Provenance:
         packages: versions of the packages that matter, recorded at creation.
         project: mer version and git commit, recorded at creation.
         created: UTC creation time, ISO 8601.
+        revision: commit hash of the Hugging Face hub snapshot the model was loaded from (a hub id),
+            ``None`` for local weights (identified by ``weights_hash``). Identity: another snapshot
+            is another model.
         finetune: the model's fine-tuning record (``mer_finetune.json`` of a ``mer finetune`` output
             directory, less the list of clip names), or ``None``. Not an identity field: the weights
             hash already tells fine-tuned models apart.
@@ -55,6 +68,7 @@ class Provenance:
     project: dict[str, str | None] = field(default_factory=lambda: project_version())
     created: str = field(default_factory=lambda: utc_now())
     finetune: dict[str, Any] | None = None
+    revision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (round-trips through :meth:`from_dict`)."""
@@ -69,12 +83,17 @@ class Provenance:
     def identity(self) -> dict[str, Any]:
         """The fields two writers of one set must agree on."""
         d = self.to_dict()
-        return {k: d[k] for k in IDENTITY_FIELDS}
+        out = {k: d[k] for k in IDENTITY_FIELDS}
+        out["config"] = {k: v for k, v in (out["config"] or {}).items() if k not in SPEED_CONFIG_KEYS}
+        return out
 
 
 def identity_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Fields whose values differ between two identity dicts (nested config keys are flattened)."""
-    flat_old, flat_new = _flatten(stored), _flatten(new)
+    """Fields whose values differ between two identity dicts (nested config keys are flattened; a
+    missing key equals ``None``; the speed knobs :data:`SPEED_CONFIG_KEYS` of ``config`` are ignored,
+    so identities recorded before they were left out still match)."""
+    speed = {f"config.{k}" for k in SPEED_CONFIG_KEYS}
+    flat_old, flat_new = ({k: v for k, v in _flatten(d).items() if k not in speed} for d in (stored, new))
     keys = sorted(set(flat_old) | set(flat_new))
     return {k: (flat_old.get(k), flat_new.get(k)) for k in keys if flat_old.get(k) != flat_new.get(k)}
 

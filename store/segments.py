@@ -4,17 +4,35 @@ Each flush of a writer becomes one ``.npz`` file in the set's ``_pending/`` fold
 hidden temporary name, fsynced, then renamed: the rename is the commit, so a segment is either
 complete or absent. Any number of processes (dask workers) may write segments at once; one
 consolidation at a time (under the set's lock) appends them to the Zarr arrays and deletes them.
+
+Every segment records the *generation* of the set it was written for (a random id the set gets
+when it is created; ``""`` for sets and segments written before generations existed). A set deleted
+and made anew (``--force``) has a new generation, so a segment an old writer leaves in it is
+recognised: it is never merged and its clips never count as done.
+
+Segment ids are ``<ns>-<host>-<pid>-<random>`` (``<ns>`` zero-padded, so ids sort by creation time;
+``<host>`` the writer's host name with every character but ``[A-Za-z0-9.-]`` replaced by ``-``).
+A temporary ``.<id>.tmp`` is left by a writer that died mid-write: a consolidation removes it when
+the writer ran on this host and its pid is dead, or, whatever host it came from, when it is older
+than :data:`STALE_TEMP_AGE_S` (another host's pid means nothing here). Ids of the old format
+``<ns>-<pid>-<random>`` (no host) are judged by their pid alone, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
+import re
+import socket
 import time
+from collections.abc import Callable
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +41,11 @@ log = logging.getLogger(__name__)
 # What reading a damaged segment file raises (cut short, overwritten, not a zip, missing arrays).
 UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 UNREADABLE_DIR = "_unreadable"  # beside _pending/: damaged segments set aside, kept for a person to look at
+LEGACY_GENERATION = ""  # generation of sets and segments written before generations existed
+# A temporary older than this is removed whatever host wrote it (no write takes a day; a writer on
+# another host cannot be asked whether it is alive).
+STALE_TEMP_AGE_S = 24 * 3600
+WRITE_TRIES = 20  # attempts of one segment write racing a consolidator's removal of the empty _pending/
 
 
 @dataclass
@@ -38,6 +61,7 @@ class Segment:
         extras: per-clip numbers aligned with ``names`` (e.g. ``faces``: frames with a face found;
             ``truncated_tokens``), stored as ``clip_<key>`` arrays; NaN where not recorded.
         seg_id: file stem; sorts by creation time.
+        generation: generation of the set the segment was written for (``""``: legacy).
     """
 
     names: list[str]
@@ -47,6 +71,7 @@ class Segment:
     failed: dict[str, str] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     seg_id: str = ""
+    generation: str = LEGACY_GENERATION
     _ends: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,33 +90,84 @@ class Segment:
         return int(self.values.nbytes + (0 if self.times is None else self.times.nbytes))
 
 
+def host_name() -> str:
+    """This machine's name as segment ids carry it: ``[A-Za-z0-9.-]`` only, never empty."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64] or "unknown-host"
+
+
 def new_segment_id() -> str:
-    """Segment id sorting by creation time: ``<ns>-<pid>-<random>``."""
-    return f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """Segment id sorting by creation time: ``<ns>-<host>-<pid>-<random>``."""
+    return f"{time.time_ns():020d}-{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def write_segment(pending: Path, seg: Segment) -> str:
-    """Durably write ``seg`` into the ``pending`` folder and return its id."""
-    pending.mkdir(parents=True, exist_ok=True)
+def parse_segment_id(seg_id: str) -> tuple[int, str | None, int]:
+    """``(ns, host, pid)`` of a segment id; ``host`` is ``None`` for the old ``<ns>-<pid>-<random>``.
+
+    Raises ``ValueError`` for a string that is neither.
+    """
+    parts = seg_id.split("-")
+    if len(parts) < 3:
+        raise ValueError(f"not a segment id: {seg_id!r}")
+    host = "-".join(parts[1:-2]) if len(parts) > 3 else None
+    return int(parts[0]), host, int(parts[-2])
+
+
+def write_segment(pending: Path, seg: Segment, *, generation: str | None = None,
+                  check: Callable[[], None] | None = None) -> str:
+    """Durably write ``seg`` into the ``pending`` folder and return its id.
+
+    Args:
+        pending: the set's ``_pending`` folder; made when missing, but its parent (the set's
+            directory) must exist: a writer never makes the directory of a deleted set.
+        seg: the segment.
+        generation: generation of the set written for (default ``seg.generation``).
+        check: called before every attempt; it raises to stop the write (e.g. the set was made anew).
+
+    A consolidation removes the folder once it is empty; a write racing that (the folder gone
+    between making it and creating the temporary, or the temporary gone before its rename) is
+    tried again from the start, up to :data:`WRITE_TRIES` times.
+    """
     seg_id = seg.seg_id or new_segment_id()
-    tmp = pending / f".{seg_id}.tmp"
     arrays = {
         "names": np.asarray(seg.names, dtype=np.str_),
         "values": seg.values,
         "failed_names": np.asarray(list(seg.failed), dtype=np.str_),
         "failed_reasons": np.asarray(list(seg.failed.values()), dtype=np.str_),
+        "generation": np.asarray(seg.generation if generation is None else generation, dtype=np.str_),
     }
     for key, col in seg.extras.items():
         arrays[f"extra__{key}"] = np.asarray(col, dtype=np.float32)
     if seg.lengths is not None:
         arrays["lengths"] = np.asarray(seg.lengths, dtype=np.int64)
         arrays["times"] = np.asarray(seg.times, dtype=np.float32)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, pending / f"{seg_id}.npz")
-    _fsync_dir(pending)
+    tmp = pending / f".{seg_id}.tmp"
+    for attempt in range(1, WRITE_TRIES + 1):
+        if check is not None:
+            check()
+        try:
+            with contextlib.suppress(FileExistsError):  # not Path.mkdir(exist_ok): it raises if removed meanwhile
+                os.mkdir(pending)
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, pending / f"{seg_id}.npz")
+        except FileNotFoundError:
+            if attempt == WRITE_TRIES:
+                raise
+            log.debug("%s: _pending/ vanished under segment %s (attempt %d); writing it again", pending.parent,
+                      seg_id, attempt)
+            time.sleep(random.uniform(0, 0.001 * attempt))  # out of step with the remover
+            continue
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a write the file system refused: leave no temporary behind
+            raise
+        break
+    try:
+        _fsync_dir(pending)
+    except FileNotFoundError:
+        pass  # a consolidation merged the segment and removed the folder already (it fsyncs its commit)
     return seg_id
 
 
@@ -103,13 +179,24 @@ def read_segment(path: Path) -> Segment:
         times = z["times"] if "times" in z.files else None
         extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
         return Segment(names=z["names"].tolist(), values=z["values"], lengths=lengths, times=times,
-                       failed=failed, extras=extras, seg_id=path.stem)
+                       failed=failed, extras=extras, seg_id=path.stem, generation=_generation(z))
 
 
 def read_segment_names(path: Path) -> tuple[list[str], list[str]]:
     """Done and failed clip names of a segment, without loading its vectors."""
+    names, failed, _ = read_segment_header(path)
+    return names, failed
+
+
+def read_segment_header(path: Path) -> tuple[list[str], list[str], str]:
+    """Done and failed clip names and the generation of a segment, without loading its vectors."""
     with np.load(path, allow_pickle=False) as z:
-        return z["names"].tolist(), z["failed_names"].tolist()
+        return z["names"].tolist(), z["failed_names"].tolist(), _generation(z)
+
+
+def _generation(z: Any) -> str:
+    """The generation an open ``.npz`` records (legacy segments have none)."""
+    return str(z["generation"]) if "generation" in z.files else LEGACY_GENERATION
 
 
 def set_aside(path: Path) -> Path:
@@ -133,17 +220,30 @@ def list_segments(pending: Path) -> list[Path]:
 
 
 def remove_stale_temporaries(pending: Path) -> int:
-    """Delete temporaries left by writers that died mid-write; returns how many were removed."""
+    """Delete temporaries left by writers that died mid-write; returns how many were removed.
+
+    Removed: this host's temporaries whose pid is dead, old-format ones (no host) whose pid is dead
+    here, ones with no readable id, and any older than :data:`STALE_TEMP_AGE_S`. Another host's
+    recent temporaries are kept: their pid says nothing about processes on this host.
+    """
     removed = 0
     if not pending.is_dir():
         return 0
+    me = host_name()
     for tmp in pending.glob(".*.tmp"):
         try:
-            pid = int(tmp.name[1:].split("-")[1])
-        except (IndexError, ValueError):
-            pid = -1
-        if pid > 0 and _pid_alive(pid):
-            continue
+            age = time.time() - tmp.stat().st_mtime
+        except FileNotFoundError:
+            continue  # renamed by its writer meanwhile
+        try:
+            _, host, pid = parse_segment_id(tmp.name[1:-len(".tmp")])
+        except ValueError:
+            host, pid = None, -1
+        if age < STALE_TEMP_AGE_S:
+            if host is not None and host != me:
+                continue
+            if pid > 0 and _pid_alive(pid):
+                continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed

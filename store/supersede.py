@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .durable import sync_commit, sync_rows
 from .layout import ATTR
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,22 @@ def finish_redone(group: zarr.Group, meta: dict[str, Any]) -> int:
     if pairs:
         old = np.array([a for a, _ in pairs], dtype=np.int64)
         new = np.array([b for _, b in pairs], dtype=np.int64)
+        rows = [(int(a), int(a) + 1) for a in old]  # the rows rewritten, made durable before the commit
         if meta["level"] == "utt":
             _copy_rows(group["values"], new, old)
+            ranges = {"values": rows}
             for key in meta.get("extras", []):
                 if f"clip_{key}" in group and group[f"clip_{key}"].shape[0] >= int(meta["n_rows"]):
                     _copy_rows(group[f"clip_{key}"], new, old)
+                    ranges[f"clip_{key}"] = rows
         else:
             group["names"].set_orthogonal_selection(old[np.argsort(old)], np.full(len(old), "", dtype=object))
+            ranges = {"names": rows}
+        sync_rows(group, ranges)
         log.debug("finished %d redone clips", len(pairs))
     del meta[REDONE]
     group.attrs[ATTR] = meta
+    sync_commit(group)
     return len(pairs)
 
 

@@ -1,0 +1,114 @@
+"""Make a consolidation's writes durable before its commit, and the commit before segments go.
+
+zarr-python's ``LocalStore`` writes each chunk (and each ``zarr.json``) to a temporary file and
+renames it into place: atomic against a process crash, but neither the file's bytes nor the rename
+reach the disk before the kernel flushes them. After a power loss the commit (the group's
+``zarr.json``) could be on disk while a chunk it counts is not, and the write-ahead segment that
+held the clip is already deleted. So a consolidation:
+
+1. fsyncs the chunk files its append (or row rewrite) touched, every array's ``zarr.json`` (a
+   resize rewrites it) and every directory from those files up to the set directory (new chunk
+   directories and the renames live in them): :func:`sync_rows`;
+2. commits (rewrites the group's ``zarr.json``);
+3. fsyncs the group's ``zarr.json`` and the set directory: :func:`sync_commit`;
+4. only then deletes the merged segments.
+
+The chunk keys are computed from each array's own chunk shape and chunk key encoding (read from
+its metadata), so exactly the chunks of the given row ranges are synced, not the whole set.
+:data:`FSYNC` switches it off (measured cost in ``store/README.md``); stores that are not on the
+local file system are left to their backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from itertools import product
+from pathlib import Path
+
+import zarr
+
+log = logging.getLogger(__name__)
+
+FSYNC = True  # False: skip every fsync of a consolidation (faster; a power loss may then cost committed clips)
+
+
+def _fsync(path: Path) -> None:
+    """fsync one file or directory (opened read-only: Linux flushes its data and metadata)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _root(group: zarr.Group) -> Path | None:
+    """The group's directory on the local file system, or ``None`` for other stores."""
+    root = getattr(group.store, "root", None)
+    if root is None:
+        return None
+    return Path(root) / group.path if group.path else Path(root)
+
+
+def chunk_paths(arr: zarr.Array, rows: Iterable[tuple[int, int]], base: Path) -> list[Path]:
+    """Files of the chunks of ``arr`` holding first-axis rows ``[lo, hi)`` of each range (every chunk
+    along the other axes), under the array's directory in ``base``. Ranges are clipped to the shape."""
+    shape, chunks = arr.shape, arr.metadata.chunk_grid.chunk_shape  # type: ignore[union-attr]
+    encoding = arr.metadata.chunk_key_encoding
+    first: set[int] = set()
+    for lo, hi in rows:
+        lo, hi = max(0, int(lo)), min(int(hi), shape[0])
+        if hi > lo:
+            first.update(range(lo // chunks[0], (hi - 1) // chunks[0] + 1))
+    rest = [range(-(-s // c)) for s, c in zip(shape[1:], chunks[1:])]
+    array_dir = base / arr.path.rsplit("/", 1)[-1]
+    return [array_dir / encoding.encode_chunk_key((i, *other)) for i in sorted(first) for other in product(*rest)]
+
+
+def sync_rows(group: zarr.Group, ranges: dict[str, list[tuple[int, int]]]) -> list[Path]:
+    """fsync the chunks of ``ranges`` (array name -> first-axis ``[lo, hi)`` ranges written), the
+    ``zarr.json`` of every array of the group, and the directories holding them up to the group's.
+
+    Call it after writing and before the commit. Chunks that are not on disk are skipped (zarr does
+    not store a chunk that is all fill value: it reads back as the fill). Returns the paths synced,
+    files first, in order (empty when :data:`FSYNC` is off or the store is not local).
+    """
+    base = _root(group)
+    if not FSYNC or base is None:
+        return []
+    files: list[Path] = []
+    dirs: set[Path] = {base}
+    for meta_file in sorted(base.glob("*/zarr.json")):  # every array's metadata (not _pending/ and the like)
+        if not meta_file.parent.name.startswith(("_", ".")):
+            files.append(meta_file)
+            dirs.add(meta_file.parent)
+    for name, rows in ranges.items():
+        if not rows or not (base / name / "zarr.json").is_file():
+            continue
+        for path in chunk_paths(group[name], rows, base):
+            if not path.is_file():
+                continue
+            files.append(path)
+            parent = path.parent
+            while parent != base and base in parent.parents:
+                dirs.add(parent)
+                parent = parent.parent
+    ordered = files + sorted(dirs, key=lambda p: len(p.parts), reverse=True)  # deepest directories first
+    for path in ordered:
+        _fsync(path)
+    log.debug("fsynced %d files and %d directories of %s: %s", len(files), len(dirs), base,
+              [p.relative_to(base).as_posix() for p in ordered])
+    return ordered
+
+
+def sync_commit(group: zarr.Group) -> list[Path]:
+    """fsync the group's ``zarr.json`` (the commit) and its directory; call it after the commit and
+    before deleting the merged segments. Returns the paths synced."""
+    base = _root(group)
+    if not FSYNC or base is None:
+        return []
+    ordered = [base / "zarr.json", base]
+    for path in ordered:
+        _fsync(path)
+    return ordered
