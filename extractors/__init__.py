@@ -1,10 +1,10 @@
 """mer.extractors: registered feature extractors (one module per model family).
 
 Importing this package registers every built-in extractor; none of the modules imports torch,
-transformers or CTranslate2 until an extractor is instantiated.
+transformers, CTranslate2 or opensmile until an extractor is instantiated.
 """
 
-from . import clip_image, hf_speech, hf_text, sentence, table, whisper_ct2  # noqa: F401  (registration side effects)
+from . import clip_image, hf_speech, hf_text, opensmile, sentence, table, whisper_ct2  # noqa: F401  (registration side effects)
 from .base import (
     REGISTRY,
     AudioClip,

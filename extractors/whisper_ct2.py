@@ -44,6 +44,23 @@ class WhisperCT2Config(ExtractorConfig):
     # whole seconds, which on 4 s clips is ~4x faster but gives different features (no attention
     # over the silent padding); 1-29 = windows of that many seconds
     batch_size: int = 4  # clips per forward (each is padded to 30 s)
+    layers: str = "last"  # only "last": CTranslate2's Whisper.encode returns the last encoder layer's
+    # output (after the final layer norm) and no intermediate layer; any other value is refused
+
+    def __post_init__(self) -> None:
+        if str(self.layers).strip().lower() != "last":
+            raise ValueError(
+                f"whisper-ct2 cannot give layers={self.layers!r}: CTranslate2's Whisper.encode returns only the "
+                "last encoder layer's output (after the final layer norm) and has no option for intermediate "
+                "layers; only layers=last is supported")
+        self.layers = "last"
+
+    def identity(self) -> dict[str, Any]:
+        """As :meth:`ExtractorConfig.identity`, without ``layers``: it is always ``"last"`` (the only
+        output CTranslate2 gives), so sets written before the option existed keep matching."""
+        d = super().identity()
+        d.pop("layers", None)
+        return d
 
 
 @register_extractor("whisper-ct2")
