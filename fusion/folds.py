@@ -1,7 +1,9 @@
 """Cross-validation folds over a clip list: stratified, speaker-grouped, or one fixed split.
 
 Folds hold integer index arrays into the clip list the caller passed, so the same folds apply to
-every feature matrix aligned with that list. All splitters are deterministic for a given seed.
+every feature matrix aligned with that list. :func:`inner_split` holds out part of one fold's
+training side to pick the epoch on (so that the fold's validation clips are only ever reported).
+All splitters are deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, StratifiedShuffleSplit
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class Fold:
     index: int
     train: np.ndarray
     val: np.ndarray
+    inner: np.ndarray | None = None  # training clips held out to pick the epoch (a subset of
+    # ``train``), when already known (self-training reuses its base run's); None: made when needed
 
 
 def make_folds(labels: Sequence[str], n_folds: int = 5, *, groups: Sequence[str] | None = None,
@@ -118,3 +122,70 @@ def fixed_split(names: Sequence[str], val_names: Sequence[str]) -> list[Fold]:
     if len(train) == 0:
         raise ValueError(f"all {len(names)} clips are validation clips: nothing left to train on")
     return [Fold(index=0, train=train, val=val)]
+
+
+def inner_split(labels: Sequence[str] | np.ndarray, frac: float = 0.15, *, groups: Sequence[str] | None = None,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out about ``frac`` of one fold's training clips to select the epoch on.
+
+    With ``groups`` (at least 2 distinct), whole groups are held out, like the outer folds:
+    ``StratifiedGroupKFold`` with ``k = round(1 / frac)`` splits (at most one per group, at least
+    2), one of which (chosen by the seed) is the held-out part, so the share is about ``1 / k`` of
+    the groups.
+    Without groups, or with fewer than 2 (logged), a stratified shuffle split holds out
+    ``round(frac * n)`` clips (at least one per class where possible); when a class has a single
+    clip or the held-out part is smaller than the number of classes, a plain shuffle split
+    (logged).
+
+    Args:
+        labels: class of each training clip.
+        frac: share to hold out, in (0, 1).
+        groups: group (speaker) of each training clip, or ``None``.
+        seed: shuffling seed; the same seed gives the same split.
+
+    Returns:
+        ``(fit, held)``: sorted positions into ``labels`` to train on and to select on; disjoint,
+        together all positions, both non-empty.
+
+    Raises:
+        ValueError: ``frac`` outside (0, 1), fewer than 2 clips, or ``groups`` of the wrong length.
+    """
+    y = np.asarray([str(v) for v in labels], dtype=object)
+    n = len(y)
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"inner_frac must be in (0, 1), got {frac}")
+    if n < 2:
+        raise ValueError(f"cannot hold out part of {n} training clip(s) to select the epoch on")
+    x = np.zeros((n, 1))
+    held: np.ndarray | None = None
+    if groups is not None:
+        g = np.asarray([str(v) for v in groups], dtype=object)
+        if len(g) != n:
+            raise ValueError(f"groups has {len(g)} entries but labels has {n}")
+        n_groups = len(set(g.tolist()))
+        if n_groups < 2:
+            log.warning("inner split: %d group(s) on the training side, fewer than 2; holding out "
+                        "clips stratified by class instead of whole groups", n_groups)
+        else:
+            k = int(min(max(2, round(1.0 / frac)), n_groups))
+            splits = [va for _, va in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, g)]
+            # which split is held out comes from the seed too (the splitter's own shuffling only breaks ties)
+            for i in np.random.default_rng(seed).permutation(k):
+                if 0 < len(splits[i]) < n:
+                    held = splits[i]
+                    break
+            log.debug("inner split: %d of %d groups' clips held out (1/%d of the groups)",
+                      len(set(g[held].tolist())) if held is not None else 0, n_groups, k)
+    if held is None:
+        n_held = min(max(1, int(round(frac * n))), n - 1)
+        smallest = min(Counter(y.tolist()).values())
+        n_classes = len(set(y.tolist()))
+        if smallest >= 2 and n_classes <= n_held <= n - n_classes:
+            _, held = next(StratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed).split(x, y))
+        else:
+            log.info("inner split: %d clips, %d classes, rarest %d: holding out %d clips at random "
+                     "(too few to stratify)", n, n_classes, smallest, n_held)
+            held = np.random.default_rng(seed).permutation(n)[:n_held]
+    is_held = np.zeros(n, dtype=bool)
+    is_held[held] = True
+    return np.flatnonzero(~is_held).astype(np.int64), np.flatnonzero(is_held).astype(np.int64)

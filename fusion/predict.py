@@ -2,7 +2,9 @@
 
 The store must hold the run's feature sets with the same level, dim and provenance identity
 (extractor, config, model, weights hash, decode settings); anything else is refused with a list
-of the differences, because a model trained on one feature space is meaningless on another.
+of the differences, because a model trained on one feature space is meaningless on another. A run
+normalised per group (:mod:`mer.fusion.normalize`) needs the clip table with its group column: each
+group's statistics come from its own clips being predicted.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import torch
 from mer.store import FeatureStore, StoreError
 from mer.store.provenance import identity_differences
 
-from .data import FusionData, Standardizer, load_features
+from .config import upgrade_run_config
+from .data import FusionData, load_features
 from .models import build_model
+from .normalize import load_normalizer, norm_spec
 from .priors import OutOfFold, PriorCorrection, correct, parse_priors, read_oof
-from .run import set_identity
+from .run import clip_groups, set_identity
 from .train import predict_probs
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     path = resolve_run(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run (no config.json); train one with `mer fuse train`")
-    return json.loads(path.read_text())
+    return upgrade_run_config(json.loads(path.read_text()))  # old runs: fields they predate get legacy values
 
 
 def fold_checkpoints(run_dir: Path) -> list[Path]:
@@ -115,38 +119,69 @@ def predict_folds(run_dir: Path, config: dict[str, Any], data: FusionData, rows:
         model = build_model(config["model"], config["model_config"], data.dims, data.utt, len(config["classes"]))
         model.load_state_dict(state["state_dict"])
         model.to(device)
-        out.append(predict_probs(model, data, rows, Standardizer.from_state(state["norm"]), device))
+        out.append(predict_probs(model, data, rows, load_normalizer(state["norm"], data), device))
     return np.stack(out).astype(np.float32)
 
 
-def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None,
-               device: str = "cpu") -> tuple[list[str], np.ndarray, list[str]]:
-    """Each fold model's probabilities; returns (names, probs ``[K, N, C]``, classes)."""
+def group_column(config: dict[str, Any], clips_csv: Path | None, run_dir: Path | str = "the run") -> str | None:
+    """The run's group column when it normalises per group (``None`` otherwise); refuses a missing ``--clips``."""
+    spec = norm_spec(config["train"])
+    if spec.mode != "group":
+        return None
+    if clips_csv is None:
+        raise ValueError(f"{run_dir} normalises features per {spec.col!r} group: pass --clips, a clip table with a "
+                         f"{spec.col!r} column for the clips to predict (each group's statistics come from its "
+                         f"own clips; groups under {spec.min_group} clips use the run's global statistics)")
+    return spec.col
+
+
+def attach_groups(config: dict[str, Any], data: FusionData, clips_csv: Path | None,
+                  run_dir: Path | str = "the run") -> None:
+    """Set ``data.groups`` from the clip table when the run normalises per group (else nothing).
+
+    The groups' statistics then come from ``data``'s own clips (transductive: a new speaker is
+    normalised with its own unlabelled clips). Refuses a missing ``--clips``, column or clip.
+    """
+    col = group_column(config, clips_csv, run_dir)
+    if col is not None:
+        data.groups = clip_groups(clips_csv, col, data.names)
+
+
+def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None, device: str = "cpu", *,
+               clips_csv: Path | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Each fold model's probabilities; returns (names, probs ``[K, N, C]``, classes).
+
+    ``clips_csv``: the clip table holding the run's group column (runs normalised per group).
+    """
     run_dir = resolve_run(run_dir)
     config = load_run(run_dir)
+    group_column(config, clips_csv, run_dir)  # refused before reading features
     store = FeatureStore(store_path, mode="r")
     check_store_matches(config, store)
     data = load_features(store, config["features"], names, config["train"]["max_frames"])
+    attach_groups(config, data, clips_csv, run_dir)
     return data.names, predict_folds(run_dir, config, data, np.arange(len(data)), device), config["classes"]
 
 
-def predict_run(run_dir: Path, store_path: Path, names: list[str] | None = None,
-                device: str = "cpu") -> tuple[list[str], np.ndarray, list[str]]:
+def predict_run(run_dir: Path, store_path: Path, names: list[str] | None = None, device: str = "cpu", *,
+                clips_csv: Path | None = None) -> tuple[list[str], np.ndarray, list[str]]:
     """Average the fold models' probabilities; returns (names, probs ``[N, C]``, classes)."""
-    got, probs, classes = fold_probs(run_dir, store_path, names, device)
+    got, probs, classes = fold_probs(run_dir, store_path, names, device, clips_csv=clips_csv)
     return got, probs.mean(0), classes
 
 
 def predict_corrected(run_dir: Path, store_path: Path, names: list[str] | None = None, method: str = "none",
-                      priors: str | None = None, device: str = "cpu") -> tuple[list[str], PriorCorrection]:
+                      priors: str | None = None, device: str = "cpu", *,
+                      clips_csv: Path | None = None) -> tuple[list[str], PriorCorrection]:
     """Ensemble prediction, then label-shift correction of the posteriors (:mod:`mer.fusion.priors`).
 
     The priors are estimated from the predictions on ``names`` themselves (``em``, ``bbse``) or taken
-    from ``priors`` (``given``, ``"class=value,..."``).
+    from ``priors`` (``given``, ``"class=value,..."``). ``clips_csv``: the clip table holding the
+    run's group column (runs normalised per group).
     """
     if priors and method != "given":
         raise ValueError("--priors goes with --prior-correction given")
-    got, per_fold, classes = fold_probs(run_dir, store_path, names, device)
+    got, per_fold, classes = fold_probs(run_dir, store_path, names, device, clips_csv=clips_csv)
     oof = run_oof(run_dir)
     given = parse_priors(priors, classes) if method == "given" else None
     return got, correct(per_fold.mean(0), method, oof, given, fold_probs=per_fold)

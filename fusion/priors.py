@@ -19,6 +19,8 @@ unlabelled set alone:
 - **given**: priors the user knows, e.g. from the challenge's description of its test set.
 
 All functions work on plain arrays; :func:`correct` ties them to a run's out-of-fold predictions.
+:func:`training_side` gives what may describe one fold model without its own validation labels
+(self-training corrects fold *k*'s pool posteriors with it, see ``selftrain.py``).
 """
 
 from __future__ import annotations
@@ -226,6 +228,55 @@ class OutOfFold:
         return np.bincount(self.y, minlength=len(self.classes)).astype(np.float64) / max(len(self.y), 1)
 
 
+def training_side(oof: OutOfFold, k: int, inner: tuple[list[str], np.ndarray] | None = None) -> OutOfFold:
+    """Held-out predictions that describe fold ``k``'s model using only its training side.
+
+    Fold ``k``'s validation labels must not decide anything that fold ``k`` then trains on (its
+    self-training pseudo-labels), or its reported validation metrics are optimistic. So:
+
+    - with ``inner`` (``(names, probs)``: fold ``k``'s own model on its inner split, training
+      clips it held out to pick its epoch; ``fold<k>.pt`` ``inner_names``/``inner_probs``), those
+      predictions, with their labels from ``oof``: the very model, on clips it never fitted;
+    - else the out-of-fold predictions of the other folds' models on fold ``k``'s training clips
+      (other models, and they trained on fold ``k``'s validation clips, so a weaker and not fully
+      independent description; runs with ``select`` ``outer``/``last`` have no inner split).
+
+    The training priors are the label frequencies of fold ``k``'s training side (uniform when the
+    run weighted its loss by class, ``oof.model_priors``).
+
+    Args:
+        oof: the run's out-of-fold predictions, with ``fold`` set.
+        k: the fold.
+        inner: fold ``k``'s inner-split clip names and ``[M, C]`` probabilities, or ``None``.
+
+    Raises:
+        ValueError: ``oof`` without fold numbers, an inner clip that is not a labelled clip of fold
+            ``k``'s training side, or no held-out rows at all.
+    """
+    if oof.fold is None:
+        raise ValueError("the out-of-fold predictions carry no fold numbers; cannot tell a fold's training side")
+    train_rows = np.flatnonzero(oof.fold != k)
+    if len(train_rows) == 0:
+        raise ValueError(f"fold {k}: no out-of-fold rows outside its validation set")
+    if oof.model_priors is not None:
+        priors = _normalise(oof.model_priors)
+    else:
+        priors = np.bincount(oof.y[train_rows], minlength=len(oof.classes)).astype(np.float64) / len(train_rows)
+    if inner is None:
+        return OutOfFold([oof.names[i] for i in train_rows], oof.y[train_rows], oof.probs[train_rows], oof.classes,
+                         priors, oof.fold[train_rows])
+    names, probs = [str(n) for n in inner[0]], np.asarray(inner[1], np.float64)
+    position = {n: i for i, n in enumerate(oof.names)}
+    rows = np.array([position.get(n, -1) for n in names], np.int64)
+    bad = [n for n, r in zip(names, rows) if r < 0 or oof.fold[r] == k]
+    if bad:
+        raise ValueError(f"fold {k}: {len(bad)} inner-split clips are not labelled training clips of the fold "
+                         f"(first: {', '.join(bad[:5])})")
+    if len(rows) == 0 or probs.shape != (len(rows), len(oof.classes)):
+        raise ValueError(f"fold {k}: inner-split probabilities of shape {probs.shape} for {len(rows)} clips")
+    return OutOfFold(names, oof.y[rows], probs, oof.classes, priors, None)
+
+
 def read_oof(path: Path, classes: list[str], class_weights: bool = False) -> OutOfFold:
     """Read ``oof_predictions.csv`` (``name,label,discrete,<class probabilities>``).
 
@@ -303,7 +354,9 @@ def correct(probs: np.ndarray, method: str, oof: OutOfFold, given: np.ndarray | 
         fold_probs: ``[K, N, C]`` each fold model's posteriors. With them (and ``oof.fold``), each
             fold model's priors are estimated from its own validation predictions — the confusion
             matrix and calibration then describe the very model whose outputs they correct — and
-            the K estimates are averaged (their spread is reported). Without them the ensemble's
+            the K estimates are averaged (their spread is reported). Fine for a separate test set;
+            a pool the folds then train on must not see fold *k*'s validation labels: self-training
+            uses :func:`training_side` per fold instead. Without them the ensemble's
             posteriors are treated as one model described by the pooled out-of-fold predictions.
 
     Returns:

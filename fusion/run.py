@@ -28,7 +28,8 @@ from .data import FusionData, load_features
 from .folds import Fold, fixed_split, make_folds
 from .metrics import classification_report, summarize_folds
 from .models import build_model
-from .train import predict_probs, train_fold
+from .normalize import group_values, norm_spec
+from .train import predict_probs, split_select_rows, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ def set_identity(store: FeatureStore, key: str) -> dict[str, Any]:
     fs = store[key]
     meta = fs.meta()
     return {"level": meta["level"], "dim": int(meta["dim"]), "provenance": fs.provenance.identity()}
+
+
+def clip_groups(clips_csv: Path | None, column: str | None, names: list[str]) -> np.ndarray:
+    """Each clip's normalisation group from the clip table, refusing a missing table, column or clip."""
+    if clips_csv is None:
+        raise ValueError(f"group normalisation by {column!r} needs --clips (the clip table that holds the column)")
+    table = read_clip_table(clips_csv)
+    if column not in table.columns:
+        raise ValueError(f"group normalisation: the clip table {clips_csv} has no column {column!r} "
+                         f"(columns: {', '.join(table.columns)})")
+    return group_values(table.column(column), names, str(clips_csv), column)
 
 
 def resolve_folds(names: list[str], labels: list[str], n_folds: int, seed: int, groups: list[str] | None,
@@ -52,14 +64,23 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
               model_config: dict[str, Any] | None = None, train: TrainConfig | None = None, folds: int = 5,
               clips_csv: Path | None = None, group_col: str | None = None, val: Path | None = None,
               classes: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``model`` with k-fold CV on the labelled clips; write the run into ``out``; return metrics."""
+    """Train ``model`` with k-fold CV on the labelled clips; write the run into ``out``; return metrics.
+
+    ``clips_csv`` holds ``group_col`` (grouped folds) and, with ``train.normalize == "group"``,
+    ``train.norm_col`` (per-group normalisation, :mod:`mer.fusion.normalize`).
+    """
     train = train or TrainConfig()
+    spec = norm_spec(train)  # refuse a bad normalisation before reading anything
+    if spec.mode == "group":
+        clip_groups(clips_csv, spec.col, [])  # the table and its column exist
     store = FeatureStore(store_path, mode="r")
     labels = read_labels(labels_csv, classes)
     classes = list(classes) if classes else sorted(set(labels.values()))
     names = list(labels)
     data = load_features(store, features, names, train.max_frames)
     y = np.array([classes.index(labels[n]) for n in data.names])
+    if spec.mode == "group":
+        data.groups = clip_groups(clips_csv, spec.col, data.names)
     groups = None
     if group_col:
         if clips_csv is None:
@@ -86,7 +107,8 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
     def make() -> torch.nn.Module:
         return build_model(model, resolved, data.dims, data.utt, len(classes))
 
-    fits = fit_folds(make, data, y, fold_list, classes, train, out, progress=progress)
+    fits = fit_folds(make, data, y, fold_list, classes, train, out, progress=progress,
+                     groups=None if groups is None else np.asarray(groups, dtype=object))
     return write_run(out, model, features, data, y, fits, classes)
 
 
@@ -100,13 +122,20 @@ class FoldFits:
     folds: list[dict[str, Any]]  # per-fold summary rows for metrics.json
     predicted: np.ndarray | None  # [K, P, C] each fold model's probabilities on ``predict_rows``
     seconds: float
+    selection: dict[str, Any] | None = None  # how the epochs were picked (metrics.json "selection")
 
 
 def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarray, fold_list: list[Fold],
               classes: list[str], train: TrainConfig, out: Path, *, progress: bool = True,
               extra: list[tuple[np.ndarray, np.ndarray]] | None = None,
-              predict_rows: np.ndarray | None = None) -> FoldFits:
+              predict_rows: np.ndarray | None = None, groups: np.ndarray | None = None) -> FoldFits:
     """Train one model per fold, save ``fold<k>.pt`` in ``out``, collect out-of-fold probabilities.
+
+    With ``train.select == "inner"`` each fold's epoch is picked on a held-out part of its real
+    training clips (``fold.inner`` when given, else :func:`~mer.fusion.train.split_select_rows`,
+    grouped by ``groups``); the validation fold is predicted once and only reported. The
+    checkpoints keep those inner clips' names and held-out probabilities (``inner_names``,
+    ``inner_probs``): self-training reuses the split and estimates pool priors from them.
 
     Args:
         make: builds a fresh model.
@@ -120,7 +149,11 @@ def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarr
         extra: per fold, ``(rows, labels)`` of pseudo-labelled rows added to that fold's training
             set only (self-training); they never enter validation.
         predict_rows: rows each trained fold model also predicts (the unlabelled pool).
+        groups: ``[N]`` group of each row (grouped folds), for the inner splits; ``None``: stratified.
     """
+    if train.select == "outer":
+        log.warning("select='outer': each fold's epoch is picked on the validation fold that is then reported; "
+                    "the out-of-fold metrics are optimistic")
     oof = np.full((len(data), len(classes)), np.nan, dtype=np.float32)
     reports, histories, fold_meta, predicted = [], [], [], []
     t0 = time.perf_counter()
@@ -131,8 +164,12 @@ def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarr
             y_fold = y.copy()
             y_fold[rows] = labels
             train_rows = np.concatenate([fold.train, rows]).astype(np.int64)
-        result = _train_with_progress(make, data, y_fold, Fold(fold.index, train_rows, fold.val), len(classes),
-                                      train, progress, len(fold_list))
+        inner = None  # held-out real training clips that pick the epoch (never pseudo-labelled ones)
+        if train.select == "inner":
+            inner = fold.inner if fold.inner is not None else split_select_rows(
+                y, fold.train, train, train.seed + fold.index, groups)
+        result = _train_with_progress(make, data, y_fold, Fold(fold.index, train_rows, fold.val, inner),
+                                      len(classes), train, progress, len(fold_list))
         oof[fold.val] = result.val_probs
         rep = classification_report([classes[i] for i in y[fold.val]],
                                     [classes[i] for i in result.val_probs.argmax(1)], classes)
@@ -140,16 +177,31 @@ def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarr
         histories.append(result.history)
         fold_meta.append({"fold": fold.index, "n_train": int(len(train_rows)), "n_val": int(len(fold.val)),
                           "n_pseudo": int(len(train_rows) - len(fold.train)),
-                          "best_epoch": result.best_epoch, "accuracy": rep["accuracy"], "waf": rep["waf"]})
+                          "best_epoch": result.best_epoch, "selection": result.selection,
+                          "n_select": 0 if inner is None else int(len(inner)), "select_waf": result.select_waf,
+                          "accuracy": rep["accuracy"], "waf": rep["waf"]})
+        held: dict[str, Any] = {}
+        if result.select_rows is not None and result.select_probs is not None:
+            held = {"inner_names": [data.names[i] for i in result.select_rows],
+                    "inner_probs": torch.from_numpy(np.ascontiguousarray(result.select_probs, np.float32))}
         torch.save({"state_dict": result.state_dict, "norm": result.norm.state(), "fold": fold.index,
-                    "val_names": [data.names[i] for i in fold.val]}, out / f"fold{fold.index}.pt")
+                    "val_names": [data.names[i] for i in fold.val], "selection": result.selection, **held},
+                   out / f"fold{fold.index}.pt")
         if predict_rows is not None:
             m = make()
             m.load_state_dict(result.state_dict)
             predicted.append(predict_probs(m.to(train.device), data, predict_rows, result.norm, train.device))
-        log.info("fold %d: WAF %.4f acc %.4f (best epoch %d)", fold.index, rep["waf"], rep["accuracy"], result.best_epoch)
+        log.info("fold %d: WAF %.4f acc %.4f (best epoch %d, picked on %s)", fold.index, rep["waf"], rep["accuracy"],
+                 result.best_epoch, {"inner": "the inner split", "outer": "this validation fold (optimistic)",
+                                     "last": "none: last epoch"}[result.selection])
+    scores = [f["select_waf"] for f in fold_meta if f["select_waf"] is not None]
+    selection = {"mode": train.select, "inner_frac": train.inner_frac if train.select == "inner" else None,
+                 "refit": bool(train.refit) if train.select == "inner" else None,
+                 "optimistic": train.select == "outer",  # the reported folds picked the epochs
+                 # mean inner WAF of the picked epochs: what self-training compares rounds by
+                 "score": float(np.mean(scores)) if scores and len(scores) == len(fold_meta) else None}
     return FoldFits(oof, reports, histories, fold_meta, np.stack(predicted) if predicted else None,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, selection)
 
 
 def write_run(out: Path, model: str, features: list[str], data: FusionData, y: np.ndarray, fits: FoldFits,
@@ -160,7 +212,7 @@ def write_run(out: Path, model: str, features: list[str], data: FusionData, y: n
                                     classes)
     metrics = {"model": model, "features": features, "folds": fits.folds, "fold_reports": fits.reports,
                "summary": summarize_folds(fits.reports), "oof": overall, "train_seconds": fits.seconds,
-               **(extra_metrics or {})}
+               **({"selection": fits.selection} if fits.selection else {}), **(extra_metrics or {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_oof(out / "oof_predictions.csv", data, y, fits.oof, classes, have)
     _plots(out, overall, fits.histories, classes, model)
@@ -170,7 +222,8 @@ def write_run(out: Path, model: str, features: list[str], data: FusionData, y: n
 def _train_with_progress(make, data: FusionData, y: np.ndarray, fold: Fold, n_classes: int, cfg: TrainConfig,
                          progress: bool, n_folds: int):
     if not progress:
-        return train_fold(make, data, y, fold.train, fold.val, n_classes, cfg, seed=cfg.seed + fold.index)
+        return train_fold(make, data, y, fold.train, fold.val, n_classes, cfg, seed=cfg.seed + fold.index,
+                          select_rows=fold.inner)
     from rich.progress import BarColumn, Progress, TextColumn
 
     with Progress(TextColumn(f"fold {fold.index + 1}/{n_folds}"), BarColumn(),
@@ -181,7 +234,7 @@ def _train_with_progress(make, data: FusionData, y: np.ndarray, fold: Fold, n_cl
             bar.update(task, completed=epoch + 1, waf=f"{stats['val_waf']:.3f}")
 
         return train_fold(make, data, y, fold.train, fold.val, n_classes, cfg, seed=cfg.seed + fold.index,
-                          on_epoch=tick)
+                          on_epoch=tick, select_rows=fold.inner)
 
 
 def _write_oof(path: Path, data: FusionData, y: np.ndarray, oof: np.ndarray, classes: list[str],

@@ -19,8 +19,17 @@ leaks into its own training through the pool and the rounds' metrics are compara
 wrong pseudo-labels, but every validation label has touched them, so its metrics are optimistic).
 
 Pseudo-labels are re-selected from the whole pool each round (a clip can change class or drop
-out). Rounds stop after ``patience`` rounds without a better out-of-fold WAF; ``selftrain.json``
-names the best round, which ``mer fuse predict --run OUT`` uses.
+out). Rounds are compared by a score that is not the reported metric: with the base run's
+``select="inner"`` (the default), the inner-split WAF of the picked epochs averaged over the folds
+(every round reuses the base run's inner splits, real clips only); the out-of-fold WAF is only
+reported. A base run selected otherwise (``outer``, ``last``, or made before ``select`` existed)
+has no such score, and rounds are compared by their out-of-fold WAF (optimistic, logged). Rounds
+stop after ``patience`` rounds without a better score; ``selftrain.json`` names the best round,
+which ``mer fuse predict --run OUT`` uses.
+
+With ``prior_correction``, fold *k*'s pool posteriors are re-weighted with fold *k*'s own prior
+estimate, made from its training side only (:func:`mer.fusion.priors.training_side`: its inner
+split's held-out predictions), never from fold *k*'s validation labels.
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ from .config import TrainConfig
 from .data import load_features
 from .folds import Fold
 from .models import build_model
-from .predict import check_store_matches, load_run, predict_folds, resolve_run, run_oof, saved_folds
-from .priors import adjust_posteriors, correct, per_class, predicted_shares
+from .predict import (attach_groups, check_store_matches, fold_checkpoints, load_run, predict_folds, resolve_run,
+                      run_oof, saved_folds)
+from .priors import correct, per_class, predicted_shares, training_side
 from .run import fit_folds, write_run
 
 log = logging.getLogger(__name__)
@@ -97,8 +107,9 @@ def select_pseudo(probs: np.ndarray, classes: list[str], cfg: SelfTrainConfig,
 
 
 def _base_folds(run_dir: Path, names: list[str]) -> list[Fold]:
-    """The base run's folds, from the validation names saved in its checkpoints."""
+    """The base run's folds, from the validation (and inner-split) names saved in its checkpoints."""
     position = {n: i for i, n in enumerate(names)}
+    inner = _saved_inner(run_dir)
     folds = []
     for k, val_names in saved_folds(run_dir):
         lost = [n for n in val_names if n not in position]
@@ -107,8 +118,25 @@ def _base_folds(run_dir: Path, names: list[str]) -> list[Fold]:
                              f"in the store (first: {', '.join(lost[:5])})")
         val = np.sort(np.array([position[n] for n in val_names], np.int64))
         train = np.setdiff1d(np.arange(len(names)), val).astype(np.int64)
-        folds.append(Fold(k, train, val))
+        held = None
+        if k in inner and all(n in position for n in inner[k][0]):
+            held = np.sort(np.array([position[n] for n in inner[k][0]], np.int64))
+        elif k in inner:
+            log.warning("fold %d: inner-split clips of the base run are no longer labelled; a new inner split "
+                        "is made", k)
+        folds.append(Fold(k, train, val, held))
     return folds
+
+
+def _saved_inner(run_dir: Path) -> dict[int, tuple[list[str], np.ndarray]]:
+    """Per fold, the inner-split clip names and the fold model's held-out probabilities on them
+    (checkpoints of runs trained with ``select="inner"``; other folds are absent)."""
+    out = {}
+    for ckpt in fold_checkpoints(run_dir):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("inner_names") and state.get("inner_probs") is not None:
+            out[int(state["fold"])] = ([str(n) for n in state["inner_names"]], state["inner_probs"].numpy())
+    return out
 
 
 def _check_pool(store: FeatureStore, keys: list[str], pool: list[str], labelled: set[str]) -> list[str]:
@@ -133,17 +161,36 @@ def _check_pool(store: FeatureStore, keys: list[str], pool: list[str], labelled:
 
 
 def _pool_posteriors(per_fold: np.ndarray, run_dir: Path, method: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Optionally correct every fold's pool posteriors for label shift (priors from the ensemble)."""
+    """Optionally correct each fold's pool posteriors for label shift with that fold's own estimate.
+
+    Fold *k*'s priors are estimated from its training side only (:func:`training_side`: the
+    held-out predictions of its inner split, else the other folds' out-of-fold predictions on its
+    training clips) and re-weight fold *k*'s posteriors only, so fold *k*'s validation labels never
+    shape the pseudo-labels fold *k* then trains on. ``pool_priors`` reports the mean estimate.
+    """
     if method == "none":
         return per_fold, {}
-    fix = correct(per_fold.mean(0), method, run_oof(run_dir), fold_probs=per_fold)
-    out = np.stack([adjust_posteriors(p, fix.train_priors, fix.priors) for p in per_fold])
-    return out, {"pool_priors": per_class(fix.priors, fix.classes, 4)}
+    oof = run_oof(run_dir)
+    inner = _saved_inner(run_dir)
+    folds = [k for k, _ in saved_folds(run_dir)]
+    if len(folds) != len(per_fold):
+        raise ValueError(f"{run_dir}: {len(folds)} fold checkpoints for {len(per_fold)} fold predictions")
+    missing = [k for k in folds if k not in inner]
+    if missing:
+        log.warning("%s: folds %s have no inner-split predictions (select outer/last or an older run); their pool "
+                    "priors are estimated from the other folds' out-of-fold predictions on their training clips",
+                    run_dir, ", ".join(map(str, missing)))
+    fixes = [correct(p, method, training_side(oof, k, inner.get(k))) for k, p in zip(folds, per_fold)]
+    estimates = np.stack([f.priors for f in fixes])
+    return np.stack([f.probs for f in fixes]), {
+        "pool_priors": per_class(estimates.mean(0), oof.classes, 4),
+        "pool_priors_per_fold": [per_class(e, oof.classes, 4) for e in estimates],
+        "prior_source": "inner" if not missing else ("other folds" if len(missing) == len(folds) else "mixed")}
 
 
 def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, cfg: SelfTrainConfig | None = None,
                   *, labels_csv: Path | None = None, pool_labels: dict[str, str] | None = None,
-                  device: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  device: str | None = None, progress: bool = True, clips_csv: Path | None = None) -> dict[str, Any]:
     """Self-train from ``base_run`` over ``pool``; write rounds, ``selftrain.json`` and a plot into ``out``.
 
     Args:
@@ -156,6 +203,9 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
         pool_labels: true labels of pool clips, only to report pseudo-label accuracy (diagnostics).
         device: training device (default: the base run's).
         progress: progress bars.
+        clips_csv: clip table with the group column of a base run normalised per group, covering the
+            labelled and the pool clips (default: the table the base run was trained with). Each
+            group's statistics come from all its clips, labelled and pool alike.
 
     Returns:
         The content of ``selftrain.json``.
@@ -174,8 +224,11 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
     labels = read_labels(labels_path, classes)
     lab_names = list(labels)
     pool = _check_pool(store, keys, pool, set(lab_names))
-    train_cfg = TrainConfig(**{**config["train"], **({"device": device} if device else {})})
+    # a base run made before `select` existed picked its epochs on its validation folds: the rounds do the same
+    train_cfg = TrainConfig(**{"select": "outer", **config["train"], **({"device": device} if device else {})})
     data = load_features(store, keys, lab_names + pool, train_cfg.max_frames)
+    clips_csv = clips_csv or (Path(config["clips"]) if config.get("clips") else None)
+    attach_groups(config, data, clips_csv, base)
     n_lab = len(lab_names)
     pool_rows = np.arange(n_lab, len(data), dtype=np.int64)
     y = np.full(len(data), -1, dtype=np.int64)
@@ -188,6 +241,10 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
 
     base_metrics = json.loads((base / "metrics.json").read_text())
     rounds = [_round_row(0, base_metrics, str(base.resolve()))]
+    by = "select_score" if rounds[0]["select_score"] is not None else "oof_waf"
+    if by == "oof_waf":
+        log.warning("the base run picked its epochs with select=%r: rounds are compared by their out-of-fold WAF, "
+                    "the reported metric itself (optimistic); retrain the base with select='inner'", train_cfg.select)
     per_fold = predict_folds(base, config, data, pool_rows, train_cfg.device)
     best, stale, prev_dir = 0, 0, base
     for r in range(1, cfg.rounds + 1):
@@ -199,6 +256,7 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
         round_dir.mkdir(parents=True, exist_ok=True)
         (round_dir / "config.json").write_text(json.dumps(
             {**config, "train": asdict(train_cfg), "labels": str(labels_path),
+             "clips": str(clips_csv) if clips_csv else None,
              "selftrain": {"round": r, "base": str(base.resolve()), "pool": len(pool), **asdict(cfg)}}, indent=2))
         fits = fit_folds(make, data, y, folds, classes, train_cfg, round_dir, progress=progress, extra=extra,
                          predict_rows=pool_rows)
@@ -207,20 +265,22 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
         rounds.append(_round_row(r, metrics, f"round{r}"))
         if pool_labels:
             rounds[-1]["pseudo_accuracy"] = _pseudo_accuracy(extra, pool, n_lab, classes, pool_labels)
-        log.info("round %d: %d pseudo-labels (mean per fold), out-of-fold WAF %.4f (best so far %.4f, round %d)",
-                 r, sum(counts.values()), metrics["oof"]["waf"], rounds[best]["oof_waf"], best)
+        log.info("round %d: %d pseudo-labels (mean per fold), out-of-fold WAF %.4f, %s %.4f (best so far %.4f, "
+                 "round %d)", r, sum(counts.values()), metrics["oof"]["waf"], by, _score(rounds[-1], by),
+                 _score(rounds[best], by), best)
         per_fold, prev_dir = fits.predicted, round_dir
-        if metrics["oof"]["waf"] > rounds[best]["oof_waf"] + 1e-9:
+        if _score(rounds[-1], by) > _score(rounds[best], by) + 1e-9:
             best, stale = r, 0
         else:
             stale += 1
             if stale >= cfg.patience:
-                log.info("stopping: %d round(s) without a better out-of-fold WAF", stale)
+                log.info("stopping: %d round(s) without a better %s", stale, by)
                 break
     posteriors, shift = _pool_posteriors(per_fold, prev_dir, cfg.prior_correction)
     rounds[-1].update({"pool_predicted": predicted_shares(posteriors.mean(0).argmax(1), classes, 4), **shift})
     summary = {"base": str(base.resolve()), "store": str(store_path), "pool": len(pool), "config": asdict(cfg),
                "classes": classes, "rounds": rounds, "best_round": best, "best_dir": rounds[best]["dir"],
+               "best_by": by,  # select_score: mean inner-split WAF over folds; oof_waf: the reported metric
                "train_priors": predicted_shares(y[:n_lab], classes, 4)}
     (out / "selftrain.json").write_text(json.dumps(summary, indent=2))
     from .selftrain_plots import plot_rounds
@@ -262,4 +322,11 @@ def _pseudo_accuracy(extra: list[tuple[np.ndarray, np.ndarray]], pool: list[str]
 
 def _round_row(r: int, metrics: dict[str, Any], where: str) -> dict[str, Any]:
     return {"round": r, "dir": where, "oof_waf": metrics["oof"]["waf"], "oof_accuracy": metrics["oof"]["accuracy"],
-            "fold_waf": metrics["summary"]["waf"], "pseudo_per_class": metrics.get("pseudo_per_class", {})}
+            "fold_waf": metrics["summary"]["waf"], "pseudo_per_class": metrics.get("pseudo_per_class", {}),
+            "select_score": (metrics.get("selection") or {}).get("score")}
+
+
+def _score(row: dict[str, Any], by: str) -> float:
+    """A round's comparison score (``-inf`` when it has none)."""
+    value = row.get(by)
+    return float("-inf") if value is None else float(value)

@@ -39,8 +39,13 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (runs/NAME)."),
     model: str = typer.Option("agt", "--model", "-m", help="agt, concat, attention or single."),
     folds: int = typer.Option(5, "--folds", "-k", help="k of k-fold cross-validation."),
-    clips: Path = typer.Option(None, "--clips", help="Clip table holding --group-col."),
+    clips: Path = typer.Option(None, "--clips", help="Clip table holding --group-col and --norm-col."),
     group_col: str = typer.Option(None, "--group-col", help="Grouped folds by this clip-table column (speaker)."),
+    normalize: str = typer.Option(None, "--normalize", help="Feature z-scoring: none, global (training fold's "
+                                  "statistics) or group (each --norm-col group's own clips, labels never used). "
+                                  "Default: group with --norm-col, else global."),
+    norm_col: str = typer.Option(None, "--norm-col", help="Clip-table column of the normalisation groups (speaker)."),
+    min_group: int = typer.Option(None, "--min-group", help="Smaller groups use the global statistics (default 8)."),
     val: Path = typer.Option(None, "--val", help="Fixed validation clips (CSV/TXT) instead of k-fold."),
     option: list[str] = typer.Option(None, "--option", "-O", help="Model config key=value (repeatable)."),
     train_option: list[str] = typer.Option(None, "--train", "-T", help="Training key=value, e.g. -T epochs=80."),
@@ -54,7 +59,9 @@ def train(
     from mer.fusion.config import TrainConfig, config_from_dict
     from mer.fusion.run import train_run
 
-    tcfg = config_from_dict(TrainConfig, {**_kv(train_option), "seed": seed, "device": device})
+    norm = {k: v for k, v in (("normalize", normalize or ("group" if norm_col else None)), ("norm_col", norm_col),
+                              ("min_group", min_group)) if v is not None}
+    tcfg = config_from_dict(TrainConfig, {**_kv(train_option), "seed": seed, "device": device, **norm})
     keys = [k.strip() for k in features.split(",") if k.strip()]
     from mer.store.tables import MER_CLASSES, RAVDESS_CLASSES
 
@@ -74,6 +81,8 @@ def predict(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory from `mer fuse train` (or selftrain: its best round)."),
     store: Path = typer.Option(..., "--store", "-s", help="Feature store with the run's sets."),
     names: Path = typer.Option(None, "--names", help="Clips to predict (CSV/TXT); default every clip in the sets."),
+    clips: Path = typer.Option(None, "--clips", help="Clip table with the group column of a run normalised per "
+                               "group: each group's statistics come from its own clips being predicted."),
     out: Path = typer.Option(..., "--out", "-o", help="predictions.csv (name,discrete); probabilities beside it."),
     prior_correction: str = typer.Option("none", "--prior-correction",
                                          help="Label-shift correction of the posteriors: none, em, bbse, given."),
@@ -85,7 +94,7 @@ def predict(
     from mer.store.tables import read_names
 
     clip_names = read_names(names) if names else None
-    got, fix = predict_corrected(run, store, clip_names, prior_correction, priors, device)
+    got, fix = predict_corrected(run, store, clip_names, prior_correction, priors, device, clips_csv=clips)
     pred, prob = write_predictions(out, got, fix.probs, fix.classes)
     typer.echo(f"{len(got)} predictions -> {pred} (probabilities: {prob})")
     if prior_correction != "none":

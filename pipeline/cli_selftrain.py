@@ -64,6 +64,8 @@ def selftrain(
     labels: Path = typer.Option(None, "--labels", "-l", help="Labels of the base run (default: the path in its config)."),
     pool_labels: Path = typer.Option(None, "--pool-labels", help="True pool labels, only to report pseudo-label accuracy."),
     device: str = typer.Option(None, "--device", help="Training device (default: the base run's)."),
+    clips: Path = typer.Option(None, "--clips", help="Clip table with the group column of a run normalised per "
+                               "group, for labelled and pool clips (default: the base run's)."),
 ) -> None:
     """Rounds of pseudo-labelling the pool and retraining; `mer fuse predict --run OUT` uses the best round."""
     from mer.fusion.selftrain import SelfTrainConfig, run_selftrain
@@ -74,7 +76,7 @@ def selftrain(
                           patience=patience)
     truth = read_labels(pool_labels) if pool_labels else None
     summary = run_selftrain(run, store, read_names(pool), out, cfg, labels_csv=labels, pool_labels=truth,
-                            device=device)
+                            device=device, clips_csv=clips)
     from rich.console import Console
     from rich.table import Table
 

@@ -4,6 +4,11 @@ Every model's ``forward(inputs, present)`` takes, per feature-set key, ``(x, mas
 ``x`` ``[B, T, D]`` float (utterance-level sets have ``T = 1``) and ``mask`` ``[B, T]`` bool (True on
 real positions), plus ``present[key]`` ``[B]`` bool (False where the clip lacks that set). It returns
 logits ``[B, C]``.
+
+``make_batch`` hands each set over as a :class:`SetBatch`: it unpacks as ``(x, mask)`` like a plain
+pair (the baselines and older callers see no difference) and also carries the frames' ``times``
+``[B, T]`` in seconds (NaN where unknown and on padding; ``None`` for utterance-level sets). The
+AGT reads them with :func:`times_of`; a plain ``(x, mask)`` pair means "times unknown".
 """
 
 from __future__ import annotations
@@ -12,6 +17,31 @@ import torch
 from torch import Tensor, nn
 
 Inputs = dict[str, tuple[Tensor, Tensor]]
+
+
+class SetBatch(tuple):
+    """One set's batch: a ``(x, mask)`` pair that also carries per-frame ``times``.
+
+    Unpacking gives ``x, mask`` (two values), so code written for plain pairs keeps working;
+    ``times`` is ``[B, T]`` float seconds from clip start, NaN where unknown or padding, or ``None``.
+    """
+
+    times: Tensor | None
+
+    def __new__(cls, x: Tensor, mask: Tensor, times: Tensor | None = None) -> SetBatch:
+        obj = super().__new__(cls, (x, mask))
+        obj.times = times
+        return obj
+
+    def to(self, device: str | torch.device) -> SetBatch:
+        """The same batch on ``device``."""
+        x, mask = self
+        return SetBatch(x.to(device), mask.to(device), None if self.times is None else self.times.to(device))
+
+
+def times_of(inp: tuple[Tensor, Tensor]) -> Tensor | None:
+    """Per-frame times ``[B, T]`` of one set's input (NaN: unknown), or ``None`` when not given."""
+    return getattr(inp, "times", None)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
