@@ -1,6 +1,7 @@
 """Architecture and training as data: one config dataclass per model, plus the training config.
 
-Every run saves the resolved configs in ``runs/NAME/config.json``; a model is rebuilt from them.
+Every run saves the resolved configs in ``runs/NAME/config.json`` (and, replayable, ``run.yaml``:
+:mod:`mer.fusion.runfile`); a model is rebuilt from them.
 """
 
 from __future__ import annotations

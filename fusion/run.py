@@ -1,8 +1,10 @@
 """``mer fuse train``: k-fold cross-validation of a fusion model on stored features.
 
 The run directory holds ``config.json`` (everything needed to rebuild the models and check a
-store at prediction time), ``fold<k>.pt`` checkpoints, ``metrics.json`` (per fold, mean ± std,
-out-of-fold overall), ``oof_predictions.csv``, ``confusion.png`` and ``learning_curves.png``.
+store at prediction time), ``run.yaml`` (the run's settings, paths absolute: ``mer fuse train
+--config run.yaml --out NEW`` replays it, :mod:`mer.fusion.runfile`), ``fold<k>.pt``
+checkpoints, ``metrics.json`` (per fold, mean ± std, out-of-fold overall), ``oof_predictions.csv``,
+``confusion.png`` and ``learning_curves.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .folds import Fold, fixed_split, make_folds
 from .metrics import classification_report, summarize_folds
 from .models import build_model
 from .normalize import group_values, norm_spec
+from .runfile import RunSpec, write_run_yaml
 from .train import predict_probs, split_select_rows, train_fold
 
 log = logging.getLogger(__name__)
@@ -101,8 +104,11 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
     out.mkdir(parents=True, exist_ok=True)
     config = {**dataclasses.asdict(run), "store": str(store_path), "labels": str(labels_csv),
               "sets": {k: set_identity(store, k) for k in features}, "n_clips": len(data),
-              "clips": str(clips_csv) if clips_csv else None}
+              "clips": str(clips_csv) if clips_csv else None, "val": str(val) if val else None}
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_run_yaml(RunSpec(store=store_path, features=list(features), labels=labels_csv, out=out, model=model,
+                           model_config=resolved, train=train, folds=folds, clips=clips_csv, group_col=group_col,
+                           val=val, classes=classes), out / "run.yaml")
 
     def make() -> torch.nn.Module:
         return build_model(model, resolved, data.dims, data.utt, len(classes))

@@ -4,7 +4,8 @@ Inputs are ``mer fuse predict`` outputs: a predictions file (``name,discrete``) 
 probabilities beside it (``<stem>_probs.csv``: ``name,<class>...``), or the probabilities file
 itself. ``majority`` counts the predicted classes (ties go to the tied class with the highest mean
 probability when every input has probabilities, else to the earliest file's choice among them);
-``mean`` averages the probabilities and takes the argmax.
+``mean`` averages the probabilities and takes the argmax; ``weighted`` averages them with weights
+fitted on the runs' out-of-fold predictions (:mod:`mer.fusion.weighting`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VOTE_METHODS = ("majority", "mean")
+VOTE_METHODS = ("majority", "mean", "weighted")
 
 
 @dataclass
@@ -74,13 +75,8 @@ def read_prediction(path: Path) -> Prediction:
     return Prediction(path, discrete, classes, probs)
 
 
-def vote(paths: list[Path], method: str = "majority") -> tuple[list[str], list[str], np.ndarray | None, list[str]]:
-    """Combine predictions; returns ``(names, predicted classes, mean probabilities or None, classes)``."""
-    if method not in VOTE_METHODS:
-        raise ValueError(f"vote method must be one of {', '.join(VOTE_METHODS)}, got {method!r}")
-    if len(paths) < 2:
-        raise ValueError("vote needs at least two prediction files")
-    preds = [read_prediction(p) for p in paths]
+def check_same_clips(preds: list[Prediction]) -> list[str]:
+    """The clip names of the first input; refuses inputs that predict other clips."""
     names = list(preds[0].discrete)
     for p in preds[1:]:
         if set(p.discrete) != set(names):
@@ -89,13 +85,41 @@ def vote(paths: list[Path], method: str = "majority") -> tuple[list[str], list[s
             raise ValueError(f"{preds[0].path} and {p.path} predict different clips: {len(only_a)} only in the "
                              f"first (e.g. {', '.join(only_a[:3])}), {len(only_b)} only in the second "
                              f"(e.g. {', '.join(only_b[:3])})")
+    return names
+
+
+def stacked_probs(preds: list[Prediction], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """``[R, N, C]`` probabilities of every input on ``names`` and the shared class list.
+
+    Refuses inputs without probabilities or with other classes (or another class order).
+    """
+    lacking = [str(p.path) for p in preds if p.probs is None]
+    if lacking:
+        raise ValueError(f"probabilities needed; none beside {', '.join(lacking)} "
+                         f"(mer fuse predict writes <stem>_probs.csv)")
+    classes = preds[0].classes
+    for p in preds[1:]:
+        if p.classes != classes:
+            raise ValueError(f"{p.path}: classes {p.classes} differ from {preds[0].path}: {classes}")
+    return np.stack([np.stack([p.probs[n] for n in names]) for p in preds]), list(classes)
+
+
+def vote(paths: list[Path], method: str = "majority") -> tuple[list[str], list[str], np.ndarray | None, list[str]]:
+    """Combine predictions; returns ``(names, predicted classes, mean probabilities or None, classes)``.
+
+    ``weighted`` needs the runs behind the inputs: :func:`mer.fusion.weighting.weighted_vote`.
+    """
+    if method not in VOTE_METHODS or method == "weighted":
+        hint = " (weighted: mer.fusion.weighting.weighted_vote, with the runs)" if method == "weighted" else ""
+        raise ValueError(f"vote method must be one of majority, mean, got {method!r}{hint}")
+    if len(paths) < 2:
+        raise ValueError("vote needs at least two prediction files")
+    preds = [read_prediction(p) for p in paths]
+    names = check_same_clips(preds)
     have_probs = all(p.probs is not None for p in preds)
     if have_probs:
-        classes = preds[0].classes
-        for p in preds[1:]:
-            if p.classes != classes:
-                raise ValueError(f"{p.path}: classes {p.classes} differ from {preds[0].path}: {classes}")
-        mean = np.stack([np.stack([p.probs[n] for n in names]) for p in preds]).mean(0)
+        stacked, classes = stacked_probs(preds, names)
+        mean = stacked.mean(0)
     elif method == "mean":
         lacking = [str(p.path) for p in preds if p.probs is None]
         raise ValueError(f"mean voting needs probabilities; none beside {', '.join(lacking)} "

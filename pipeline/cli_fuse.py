@@ -33,12 +33,16 @@ def _kv(pairs: list[str] | None) -> dict:
 
 @app.command()
 def train(
-    store: Path = typer.Option(..., "--store", "-s", help="Feature store."),
-    features: str = typer.Option(..., "--features", "-f", help="Comma-separated set keys: audio/A,video/V,text/T."),
-    labels: Path = typer.Option(..., "--labels", "-l", help="Labels CSV name,discrete."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (runs/NAME)."),
-    model: str = typer.Option("agt", "--model", "-m", help="agt, concat, attention or single."),
-    folds: int = typer.Option(5, "--folds", "-k", help="k of k-fold cross-validation."),
+    config: Path = typer.Option(None, "--config", "-c", help="Run file (YAML/JSON) with any of the settings below, "
+                                "e.g. a finished run's run.yaml or config.json to replay it. Precedence: preset < "
+                                "run file < command line (options given explicitly)."),
+    preset: str = typer.Option(None, "--preset", "-P", help="Named model + training settings (mer fuse presets)."),
+    store: Path = typer.Option(None, "--store", "-s", help="Feature store."),
+    features: str = typer.Option(None, "--features", "-f", help="Comma-separated set keys: audio/A,video/V,text/T."),
+    labels: Path = typer.Option(None, "--labels", "-l", help="Labels CSV name,discrete."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (runs/NAME)."),
+    model: str = typer.Option(None, "--model", "-m", help="agt, concat, attention or single (default agt)."),
+    folds: int = typer.Option(None, "--folds", "-k", help="k of k-fold cross-validation (default 5)."),
     clips: Path = typer.Option(None, "--clips", help="Clip table holding --group-col and --norm-col."),
     group_col: str = typer.Option(None, "--group-col", help="Grouped folds by this clip-table column (speaker)."),
     normalize: str = typer.Option(None, "--normalize", help="Feature z-scoring: none, global (training fold's "
@@ -49,31 +53,43 @@ def train(
     val: Path = typer.Option(None, "--val", help="Fixed validation clips (CSV/TXT) instead of k-fold."),
     option: list[str] = typer.Option(None, "--option", "-O", help="Model config key=value (repeatable)."),
     train_option: list[str] = typer.Option(None, "--train", "-T", help="Training key=value, e.g. -T epochs=80."),
-    seed: int = typer.Option(0, "--seed", help="Seed of folds, initialisation and batch order."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: int = typer.Option(None, "--seed", help="Seed of folds, initialisation and batch order (default 0)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default cpu)."),
     classes: str = typer.Option(None, "--classes", help="The label set, in output order (a label outside it is "
                                 "an error): e.g. mer for the MER classes, or neutral,angry,happy,... "
                                 "Default: the sorted labels found."),
 ) -> None:
-    """k-fold training on stored features; writes config, checkpoints, metrics.json and plots."""
-    from mer.fusion.config import TrainConfig, config_from_dict
-    from mer.fusion.run import train_run
+    """k-fold training on stored features; writes config, run.yaml, checkpoints, metrics.json and plots."""
+    from mer.fusion.runfile import train_from_options
 
-    norm = {k: v for k, v in (("normalize", normalize or ("group" if norm_col else None)), ("norm_col", norm_col),
-                              ("min_group", min_group)) if v is not None}
-    tcfg = config_from_dict(TrainConfig, {**_kv(train_option), "seed": seed, "device": device, **norm})
-    keys = [k.strip() for k in features.split(",") if k.strip()]
-    from mer.store.tables import MER_CLASSES, RAVDESS_CLASSES
-
-    named = {"mer": list(MER_CLASSES), "ravdess": list(RAVDESS_CLASSES)}
-    class_list = named.get(classes) or ([c.strip() for c in classes.split(",") if c.strip()] if classes else None)
-    metrics = train_run(store, keys, labels, out, model=model, model_config=_kv(option), train=tcfg,
-                        folds=folds, clips_csv=clips, group_col=group_col, val=val, classes=class_list)
+    named = {"seed": seed, "device": device, "normalize": normalize, "norm_col": norm_col, "min_group": min_group}
+    options = {"store": store, "features": features, "labels": labels, "out": out, "model": model, "folds": folds,
+               "clips": clips, "group_col": group_col, "val": val, "classes": classes,
+               "model_config": _kv(option), "train": {**_kv(train_option), **{k: v for k, v in named.items()
+                                                                               if v is not None}}}
+    spec, metrics = train_from_options(config, preset, options)
     s = metrics["summary"]
-    typer.echo(f"{model} on {', '.join(keys)}: {len(metrics['folds'])} folds")
+    typer.echo(f"{spec.model} on {', '.join(spec.features)}: {len(metrics['folds'])} folds")
     typer.echo(f"WAF {s['waf']['mean']:.4f} ± {s['waf']['std']:.4f}   accuracy {s['accuracy']['mean']:.4f} ± "
                f"{s['accuracy']['std']:.4f}   out-of-fold WAF {metrics['oof']['waf']:.4f}")
-    typer.echo(f"run written to {out}")
+    typer.echo(f"run written to {spec.out} (replay: mer fuse train --config {spec.out / 'run.yaml'} --out NEW_DIR)")
+
+
+@app.command()
+def presets(
+    as_json: bool = typer.Option(False, "--json", help="Print the presets as JSON."),
+) -> None:
+    """The named presets of `mer fuse train --preset NAME`: model, config and training overrides."""
+    from mer.fusion.presets import preset_rows
+
+    rows = preset_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        opts = " ".join([*(f"-O {k}={v}" for k, v in row["model_config"].items()),
+                         *(f"-T {k}={v}" for k, v in row["train"].items())])
+        typer.echo(f"{row['name']}  (model {row['model']})\n  {row['description']}\n  {opts}\n")
 
 
 @app.command()

@@ -96,10 +96,27 @@ def selftrain(
 def vote_cmd(
     predictions: list[Path] = typer.Argument(..., help="predictions.csv files (probabilities beside them) or *_probs.csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Voted predictions.csv (name,discrete)."),
-    method: str = typer.Option("majority", "--method", help="majority (ties by mean probability) or mean (probabilities)."),
+    method: str = typer.Option("majority", "--method", help="majority (ties by mean probability), mean "
+                               "(probabilities) or weighted (weights fitted on the --runs' out-of-fold predictions)."),
+    runs: list[Path] = typer.Option(None, "--runs", help="weighted: the run behind each predictions file, in the "
+                                    "same order (repeatable); their oof_predictions.csv choose the weights."),
 ) -> None:
-    """Combine several runs' or rounds' predictions by majority vote or probability averaging."""
+    """Combine several runs' or rounds' predictions by majority vote or (weighted) probability averaging."""
     from mer.fusion.predict import write_predictions
+
+    if method == "weighted":
+        from mer.fusion.weighting import weighted_vote
+
+        weights_json = out.with_name(out.stem + "_weights.json")
+        names, discrete, mean, classes, report = weighted_vote(predictions, runs or [], weights_json)
+        pred, prob = write_predictions(out, names, mean, classes, discrete)
+        shown = ", ".join(f"{r}: {w:.3f}" for r, w in zip(report["runs"], report["weights"]))
+        typer.echo(f"weights (out-of-fold log-loss {report['oof']['weighted']['log_loss']:.4f}, equal weights "
+                   f"{report['oof']['equal']['log_loss']:.4f}): {shown} -> {weights_json}")
+        typer.echo(f"{len(names)} weighted predictions -> {pred} (probabilities: {prob})")
+        return
+    if runs:
+        raise typer.BadParameter("--runs goes with --method weighted")
     from mer.fusion.vote import vote
 
     names, discrete, mean, classes = vote(predictions, method)
