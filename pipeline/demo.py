@@ -123,9 +123,12 @@ def run_fusion(console, out: Path, store: Path, keys: list[str], labels: dict[st
     for r in summary["rounds"]:
         added = sum(r["pseudo_per_class"].values())
         acc = f", pseudo-label accuracy {r['pseudo_accuracy']:.2f}" if r.get("pseudo_accuracy") is not None else ""
+        sel = f", selection score {r['select_score']:.3f}" if r.get("select_score") is not None else ""
         console.print(f"round {r['round']}: {added:.0f} pseudo-labels per fold{acc}; out-of-fold WAF "
-                      f"{r['oof_waf']:.3f}")
-    console.print(f"best round: {summary['best_round']} (plot: {st_dir / 'selftrain.png'})")
+                      f"{r['oof_waf']:.3f}{sel}")
+    by = "inner-split selection score, not the reported out-of-fold WAF" if summary.get("best_by") == "select_score" \
+        else "out-of-fold WAF"
+    console.print(f"best round: {summary['best_round']} (by the {by}; plot: {st_dir / 'selftrain.png'})")
 
     console.rule("8. mer fuse predict --run runs/selftrain --names pool.csv --prior-correction none | em")
     for method in ("none", "em"):
