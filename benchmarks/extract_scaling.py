@@ -64,13 +64,18 @@ def write_clips(folder: Path, n: int, seconds: float = 0.5) -> list[str]:
     names = []
     for i in range(n):
         x = 0.3 * np.sin(2 * np.pi * (200 + i % 400) * t) + 0.05 * rng.standard_normal(len(t))
-        with wave.open(str(folder / f"c{i:06d}.wav"), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(SR)
-            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+        write_wav(folder / f"c{i:06d}.wav", x, SR)
         names.append(f"c{i:06d}")
     return names
+
+
+def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
+    """``x`` (floats in [-1, 1]) as a mono 16-bit WAV file."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def write_table(path: Path, names: list[str]) -> Path:

@@ -73,7 +73,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +82,7 @@ from mer.store import FeatureStore
 from mer.store.check import check_store
 from mer.store.segments import list_segments, read_segment_names
 
-from extract_scaling import write_clips, write_table  # benchmarks/ is on sys.path when run as a script
+from extract_scaling import write_clips, write_table, write_wav  # benchmarks/ is on sys.path when run as a script
 
 KEY = "audio/soak"
 MODES = ("default", "varlen", "force", "concurrent", "dask")
@@ -125,11 +124,7 @@ def write_varlen_clips(folder: Path, n: int, lo: float, hi: float) -> list[str]:
     for i, length in enumerate(lengths):
         t = np.arange(int(length)) / VAR_RATE
         x = 0.3 * np.sin(2 * np.pi * (150 + i % 300) * t) + 0.05 * rng.standard_normal(len(t))
-        with wave.open(str(folder / f"v{i:06d}.wav"), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(VAR_RATE)
-            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+        write_wav(folder / f"v{i:06d}.wav", x, VAR_RATE)
         names.append(f"v{i:06d}")
     return names
 

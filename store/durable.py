@@ -22,25 +22,17 @@ local file system are left to their backend.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from itertools import product
 from pathlib import Path
 
 import zarr
 
+from .segments import fsync_path
+
 log = logging.getLogger(__name__)
 
 FSYNC = True  # False: skip every fsync of a consolidation (faster; a power loss may then cost committed clips)
-
-
-def _fsync(path: Path) -> None:
-    """fsync one file or directory (opened read-only: Linux flushes its data and metadata)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _root(group: zarr.Group) -> Path | None:
@@ -96,7 +88,7 @@ def sync_rows(group: zarr.Group, ranges: dict[str, list[tuple[int, int]]]) -> li
                 parent = parent.parent
     ordered = files + sorted(dirs, key=lambda p: len(p.parts), reverse=True)  # deepest directories first
     for path in ordered:
-        _fsync(path)
+        fsync_path(path)
     log.debug("fsynced %d files and %d directories of %s: %s", len(files), len(dirs), base,
               [p.relative_to(base).as_posix() for p in ordered])
     return ordered
@@ -110,5 +102,5 @@ def sync_commit(group: zarr.Group) -> list[Path]:
         return []
     ordered = [base / "zarr.json", base]
     for path in ordered:
-        _fsync(path)
+        fsync_path(path)
     return ordered

@@ -165,7 +165,7 @@ def write_segment(pending: Path, seg: Segment, *, generation: str | None = None,
             raise
         break
     try:
-        _fsync_dir(pending)
+        fsync_path(pending)
     except FileNotFoundError:
         pass  # a consolidation merged the segment and removed the folder already (it fsyncs its commit)
     return seg_id
@@ -208,7 +208,7 @@ def set_aside(path: Path) -> Path:
     dest.mkdir(exist_ok=True)
     target = dest / path.name
     os.replace(path, target)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return target
 
 
@@ -267,7 +267,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory (opened read-only: Linux flushes its data and metadata)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
