@@ -39,6 +39,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -101,12 +102,24 @@ def add_egemaps(clips: Path, store: Path) -> None:
         raise SystemExit(f"{E}: {len(report.failed)} clips failed")
 
 
+def write_if_changed(path: Path, write) -> Path:
+    """``write(tmp)`` beside ``path``, then replace ``path`` atomically, only when the bytes differ: a
+    second invocation on the same ``--work`` never truncates a table a running one is reading."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp)
+    if path.is_file() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
+    return path
+
+
 def prepare(data: Path, work: Path, whisper_seconds: float) -> tuple[Path, Path, Path]:
     """Clip table, labels and the three feature sets (resumes: done clips are skipped)."""
     work.mkdir(parents=True, exist_ok=True)
     table = scan_dataset(data)
-    clips = write_clip_table(table, work / "clips.csv")
-    labels = labels_from_table(table, "emotion", work / "labels.csv")
+    clips = write_if_changed(work / "clips.csv", lambda p: write_clip_table(table, p))
+    labels = write_if_changed(work / "labels.csv", lambda p: labels_from_table(table, "emotion", p))
     for spec in demo_stages(data, clips, work / "features.zarr", whisper_seconds):
         report = run_stage(spec, progress=False)
         logging.info("%s: %d done, %d skipped, %d failed", spec.key, report.done, report.skipped, len(report.failed))
@@ -125,12 +138,13 @@ def split_labels(clips: Path, labels: Path, work: Path) -> tuple[Path, Path]:
         rows = list(csv.DictReader(f))
     paths = []
     for part, keep in (("train", lambda a: a <= 16), ("test", lambda a: a > 16)):
-        p = work / f"labels-{part}.csv"
-        with open(p, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "discrete"])
-            w.writerows((r["name"], r["discrete"]) for r in rows if keep(actor[r["name"]]))
-        paths.append(p)
+        def write(p: Path, keep=keep) -> None:
+            with open(p, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["name", "discrete"])
+                w.writerows((r["name"], r["discrete"]) for r in rows if keep(actor[r["name"]]))
+
+        paths.append(write_if_changed(work / f"labels-{part}.csv", write))
     return paths[0], paths[1]
 
 
@@ -175,7 +189,9 @@ def logreg_features(ctx: dict, feats: list[str], normalize: str) -> tuple[list[s
     lacking = {k: int((~p).sum()) for k, p in data.present.items() if (~p).any()}
     if lacking:
         raise SystemExit(f"logreg needs every clip in every set; lacking: {lacking}")
-    x = np.concatenate([np.asarray(data.feats[k], dtype=np.float64) for k in feats], axis=1)
+    # frame-level sets (--audio-frames) enter as the mean over their frames, as the baselines pool them
+    x = np.concatenate([np.asarray(data.feats[k], dtype=np.float64) if data.utt[k] else
+                        np.stack([f.mean(0) for f in data.feats[k]]).astype(np.float64) for k in feats], axis=1)
     if normalize == "group":
         actor = clip_column(ctx["clips"], NORM_COL)
         groups = np.array([actor[n] for n in data.names])
@@ -266,6 +282,24 @@ def table_md(summary: list[dict], protocol: str) -> str:
     if any(r["model"] == "logreg" for r in summary):
         lines += ["", "LogReg: StandardScaler fitted on the training side in every row (so its `none` row is "
                   "z-scored with the training fold); `group` first z-scores each actor with its own clips."]
+    return "\n".join(lines)
+
+
+def combined_md(summaries: dict[str, list[dict]]) -> str:
+    """Both protocols side by side, one row per (model, features, normalize, select)."""
+    by = {p: {(r["model"], r["features"], r["normalize"], r["select"]): r for r in summaries[p]} for p in PROTOCOLS}
+    keys = [(r["model"], r["features"], r["normalize"], r["select"]) for r in summaries["cv5"]]
+    keys += [k for k in by["holdout"] if k not in by["cv5"]]
+    lines = ["| model | features | normalize | select | holdout acc | holdout WAF | 5-fold acc | 5-fold WAF |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        cells = []
+        for p in PROTOCOLS:
+            r = by[p].get(k)
+            cells += [f"{r['acc']:.3f}", f"{r['waf']:.3f} ± {r['waf_std']:.3f}"] if r else ["", ""]
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {SELECT_LABEL.get(k[3], k[3])} | " + " | ".join(cells) + " |")
+    seeds = sorted({s for p in PROTOCOLS for r in summaries[p] for s in r["seeds"]})
+    lines += ["", f"Seeds {','.join(map(str, seeds))} unless a row says otherwise in the tables per protocol."]
     return "\n".join(lines)
 
 
@@ -374,6 +408,8 @@ def main() -> None:
     for p in PROTOCOLS:
         if summaries[p]:
             md.append(table_md(summaries[p], p))
+    if summaries["cv5"] or summaries["holdout"]:
+        md.append("**both protocols**\n\n" + combined_md(summaries))
     text = "\n\n".join(md)
     print(text)
     (args.work / "table.md").write_text(text + "\n")
@@ -389,7 +425,7 @@ def main() -> None:
     fmt = lambda r: f"{r['waf']:.3f}" if r else "n/a"  # noqa: E731
     print(f"agt_group_cv5_waf: {fmt(agt_cv)}")
     print(f"logreg_group_cv5_waf: {fmt(lr_cv)}")
-    print(f"agt_holdout_waf: {fmt(agt_hold)}" + ("" if hold_norm == "group" else f" (normalize={hold_norm})"))
+    print(f"agt_holdout_waf: {fmt(agt_hold)}")
 
 
 if __name__ == "__main__":
