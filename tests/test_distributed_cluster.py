@@ -100,10 +100,10 @@ def cluster(tmp_path_factory):
         for i, cwd in enumerate([here, elsewhere]):
             start(["worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--name", f"w{i}",
                    "--local-directory", str(root / f"dask-w{i}")], cwd, f"worker{i}.log")
-        with Client(address, timeout=START_S) as client:
+        with Client(address, timeout=START_S, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=START_S)
         yield address, here, elsewhere
-        with Client(address, timeout=30) as client:
+        with Client(address, timeout=30, set_as_default=False) as client:
             client.shutdown()  # scheduler and workers close themselves; _stop then only reaps them
     finally:
         _stop(procs)
@@ -196,7 +196,7 @@ def test_preflight_sees_each_worker(cluster, data, tmp_path):
     spec = StageSpec(modality="audio", clips=here / "clips.csv", store=tmp_path / "s.zarr", extractor="hf-speech",
                      config={"model": str(here / "models" / "hubert")})
     table = read_clip_table(spec.clips)
-    with Client(address, timeout=START_S) as client:
+    with Client(address, timeout=START_S, set_as_default=False) as client:
         facts = preflight(client, spec, table, table.names[:1])
         assert sorted(f.cwd for f in facts) == sorted([str(here), str(elsewhere)])
         assert all(f.nthreads == 1 and f.threads >= 1 and f.ok for f in facts)
@@ -263,7 +263,7 @@ def test_gpu_per_worker(tmp_path):
     assert gpu_envs("cuda", 2, ["4", "6"]) == [{"CUDA_VISIBLE_DEVICES": "4"}, {"CUDA_VISIBLE_DEVICES": "6"}]
     cluster = local_cluster(2, "cuda", gpus=["3", "5"])
     try:
-        with Client(cluster) as client:
+        with Client(cluster, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=START_S)
             seen = client.run(os.getenv, "CUDA_VISIBLE_DEVICES")
             threads = client.run(os.getenv, "OMP_NUM_THREADS")
