@@ -45,7 +45,8 @@ LEGACY_GENERATION = ""  # generation of sets and segments written before generat
 # A temporary older than this is removed whatever host wrote it (no write takes a day; a writer on
 # another host cannot be asked whether it is alive).
 STALE_TEMP_AGE_S = 24 * 3600
-WRITE_TRIES = 20  # attempts of one segment write racing a consolidator's removal of the empty _pending/
+WRITE_TRIES = 5  # attempts of one segment write whose temporary is removed before its rename
+CREATE_DEADLINE_S = 30.0  # how long creating a temporary retries a consolidator removing the empty _pending/
 
 
 @dataclass
@@ -123,9 +124,9 @@ def write_segment(pending: Path, seg: Segment, *, generation: str | None = None,
         generation: generation of the set written for (default ``seg.generation``).
         check: called before every attempt; it raises to stop the write (e.g. the set was made anew).
 
-    A consolidation removes the folder once it is empty; a write racing that (the folder gone
-    between making it and creating the temporary, or the temporary gone before its rename) is
-    tried again from the start, up to :data:`WRITE_TRIES` times.
+    A consolidation removes the folder once it is empty. Only creating the temporary races that
+    (see :func:`_create_temporary`): once it exists the folder is not empty. A temporary removed
+    before its rename is written again, up to :data:`WRITE_TRIES` times.
     """
     seg_id = seg.seg_id or new_segment_id()
     arrays = {
@@ -144,20 +145,18 @@ def write_segment(pending: Path, seg: Segment, *, generation: str | None = None,
     for attempt in range(1, WRITE_TRIES + 1):
         if check is not None:
             check()
+        fd = _create_temporary(pending, tmp, check)
         try:
-            with contextlib.suppress(FileExistsError):  # not Path.mkdir(exist_ok): it raises if removed meanwhile
-                os.mkdir(pending)
-            with open(tmp, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, pending / f"{seg_id}.npz")
-        except FileNotFoundError:
+        except FileNotFoundError:  # the temporary removed before its rename (a stale-temporary sweep)
             if attempt == WRITE_TRIES:
                 raise
-            log.debug("%s: _pending/ vanished under segment %s (attempt %d); writing it again", pending.parent,
+            log.debug("%s: temporary of segment %s vanished (attempt %d); writing it again", pending.parent,
                       seg_id, attempt)
-            time.sleep(random.uniform(0, 0.001 * attempt))  # out of step with the remover
             continue
         except OSError:
             with contextlib.suppress(OSError):
@@ -169,6 +168,36 @@ def write_segment(pending: Path, seg: Segment, *, generation: str | None = None,
     except FileNotFoundError:
         pass  # a consolidation merged the segment and removed the folder already (it fsyncs its commit)
     return seg_id
+
+
+def _create_temporary(pending: Path, tmp: Path, check: Callable[[], None] | None) -> int:
+    """Make ``pending`` if needed and create ``tmp`` in it; return its open descriptor.
+
+    A consolidation removes ``pending`` when it is empty, so it may vanish between making it and
+    creating the file; that is retried (with jittered back-off) for up to :data:`CREATE_DEADLINE_S`.
+    Once the temporary exists the folder is not empty and cannot be removed under the writer.
+    A missing set directory is not retried: ``check`` says why (e.g. the set was made anew), or the
+    ``FileNotFoundError`` is raised.
+    """
+    deadline = time.monotonic() + CREATE_DEADLINE_S
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            os.mkdir(pending)  # not Path.mkdir(exist_ok=True): that raises if the folder is removed meanwhile
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            if check is not None:
+                check()
+            raise
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            if attempt > 3:
+                time.sleep(random.uniform(0, min(0.01, 0.0002 * attempt)))  # out of step with the remover
 
 
 def read_segment(path: Path) -> Segment:
