@@ -47,6 +47,9 @@ class VideoClip:
 
     ``faces`` counts frames where a face was found and cropped (``None`` when face crop was off);
     ``partial`` says why only part of the file decoded (the frames are those before), or is ``None``.
+    ``frame_extras`` holds numbers per decoded frame, each ``[T]`` float32 aligned with ``times``
+    (e.g. the face box and detector score of each frame); the stage stores them beside the features
+    whatever the set's level.
     """
 
     name: str
@@ -54,6 +57,7 @@ class VideoClip:
     times: np.ndarray
     faces: int | None = None
     partial: str | None = None
+    frame_extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
