@@ -12,6 +12,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	# MTCNN face detector (weights inside the wheel); --no-deps: its own pins would replace torch
+	$(PY) -m pip install -q --no-deps 'facenet-pytorch==2.6.0'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,6 +9,8 @@ import typer
 
 from mer.extractors import extractor_names
 
+from .face_detectors import detector_choices
+
 app = typer.Typer(no_args_is_help=True)
 
 DEFAULTS = {"audio": "whisper-ct2", "text": "sentence", "video": "clip"}
@@ -151,15 +153,25 @@ def video(
     fps: float = typer.Option(2.0, help="Frames sampled per second."),
     num_frames: int = typer.Option(None, help="Instead of --fps: this many frames evenly spaced per clip."),
     size: int = typer.Option(None, help="Resize frames so the shorter side has this many pixels."),
-    faces: bool = typer.Option(False, "--faces", help="Crop the largest face per frame (full frame when none)."),
+    faces: bool = typer.Option(False, "--faces", help="Crop one tracked face per frame (centre square when none)."),
     face_size: int = typer.Option(224, help="Side of the face crops in pixels."),
+    face_detector: str = typer.Option("auto", "--face-detector", callback=_one_of(detector_choices()),
+                                      help="Face detector with --faces: auto (mtcnn when facenet-pytorch is "
+                                      "installed, else haar), mtcnn, haar, none (centre squares)."),
+    face_margin: float = typer.Option(0.2, "--face-margin", min=0.0,
+                                      help="Fraction of the face box added on each side of the crop."),
+    require_face: bool = typer.Option(False, "--require-face", help="With --faces: a clip where no frame has a "
+                                      "face is recorded as failed."),
 ) -> None:
     """Frame features from the video column."""
     from .decode_video import VideoDecodeConfig
     from .inputs import DecodeSettings
 
+    if require_face and not faces:
+        raise typer.BadParameter("--require-face needs --faces", param_hint="--require-face")
     decode = DecodeSettings(video=VideoDecodeConfig(fps=fps, num_frames=num_frames, size=size, faces=faces,
-                                                    face_size=face_size))
+                                                    face_size=face_size, face_detector=face_detector,
+                                                    face_margin=face_margin, require_face=require_face))
     _run("video", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
          force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
 

@@ -52,6 +52,9 @@ class VideoDecodeConfig:
     size: int | None = None  # resize so the shorter side is this many pixels (None: keep); unused with faces
     faces: bool = False  # crop the largest face per frame (full frame, centre square, when none)
     face_size: int = 224  # side of the square face crops, in pixels
+    face_detector: str = "auto"  # mtcnn, haar, none, or auto (mtcnn when facenet-pytorch imports, else haar)
+    face_margin: float = 0.2  # fraction of the face box added on each side of the crop
+    require_face: bool = False  # a clip where no frame has a face fails (needs faces)
 
     def __post_init__(self) -> None:
         if self.fps is not None and not self.fps > 0:
@@ -62,6 +65,15 @@ class VideoDecodeConfig:
             raise ValueError(f"size must be at least 1 or None, got {self.size}")
         if int(self.face_size) < 1:
             raise ValueError(f"face_size must be at least 1, got {self.face_size}")
+        from .face_detectors import detector_choices
+
+        if self.face_detector not in detector_choices():
+            raise ValueError(f"face_detector must be one of {', '.join(detector_choices())}, "
+                             f"got {self.face_detector!r}")
+        if not self.face_margin >= 0:
+            raise ValueError(f"face_margin must be >= 0, got {self.face_margin}")
+        if self.require_face and not self.faces:
+            raise ValueError("require_face needs faces=True (--faces)")
 
     def record(self) -> dict[str, Any]:
         """The decode settings as a JSON-able dict, for provenance (``fps`` is ``None`` when
@@ -69,6 +81,13 @@ class VideoDecodeConfig:
         d = dataclasses.asdict(self)
         if self.num_frames is not None:
             d["fps"] = None
+        if self.faces:  # the detector that runs, not "auto"
+            from .face_detectors import resolve_detector
+
+            d["face_detector"] = resolve_detector(self.face_detector)
+        else:  # the face settings change nothing without face crops
+            for k in ("face_detector", "face_margin", "require_face"):
+                d.pop(k)
         return d
 
 
@@ -99,14 +118,20 @@ def decode_video(name: str, path: Path, cfg: VideoDecodeConfig | None = None) ->
         frames, times, partial = _decode_pyav(name, path, cfg, decord_reason)
 
     faces: int | None = None
+    extras: dict[str, np.ndarray] = {}
     if cfg.faces:
         from .faces import FaceCropper
 
-        frames, faces = FaceCropper(face_size=cfg.face_size).crop(frames)
+        track = FaceCropper(face_size=cfg.face_size, margin=cfg.face_margin, detector=cfg.face_detector).track(frames)
+        if cfg.require_face and track.found == 0:
+            raise DecodeError(name, f"no face found in any of the {len(frames)} frames of {path.name} "
+                                    f"({track.detector} detector; --require-face)")
+        frames, faces, extras = track.crops, track.found, track.frame_extras()
     elif cfg.size is not None:
         frames = np.stack([resize_shorter(f, cfg.size) for f in frames])
     return VideoClip(name=name, frames=np.ascontiguousarray(frames, dtype=np.uint8),
-                     times=np.asarray(times, dtype=np.float32), faces=faces, partial=partial)
+                     times=np.asarray(times, dtype=np.float32), faces=faces, partial=partial,
+                     frame_extras=extras)
 
 
 def select_frames(starts: np.ndarray, end: float, fps: float | None, num_frames: int | None) -> np.ndarray:
