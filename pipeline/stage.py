@@ -288,7 +288,8 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                         extras["faces"] = float(item.faces)
                     if getattr(item, "partial", None):  # a damaged file: what decoded before the damage
                         extras["partial_decode"] = 1.0
-                    writer.add(item.name, feats.values, times=feats.times, extras=extras)
+                    per_frame = getattr(item, "frame_extras", None) or None  # e.g. face box per decoded frame
+                    writer.add(item.name, feats.values, times=feats.times, extras=extras, frame_extras=per_frame)
                     report.done += 1
                     if extras.get("partial_decode"):
                         report.partial[item.name] = str(item.partial)

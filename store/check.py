@@ -5,11 +5,12 @@ counts, offsets, names (empty, duplicated), NaN/Inf or missing chunks (values us
 lost chunk reads as NaN), ledger failures that contradict done clips, and write-ahead segments
 left behind by a process that died. Chunk files of the committed rows are also looked for on disk
 where a lost chunk would read as a plausible value: a lost ``offsets`` chunk (its fill, 0, hides where
-clips' frames lie) and a lost ``times`` chunk of a set that records times (its fill, NaN, reads as
-"time unknown"). ``repair=True`` (``mer store repair``) consolidates pending segments, cuts
-uncommitted tails, and drops from the ledger every clip whose data is missing (a lost array, arrays
-shorter than the ledger, a lost chunk of names, offsets or times, vectors that read as NaN/Inf), so a
-rerun redoes exactly those clips; the data of every other clip is left as it is.
+clips' frames lie), a lost ``times`` chunk of a set that records times (its fill, NaN, reads as
+"time unknown") and a lost chunk of per-frame extras (see :mod:`.frame_extras_check`).
+``repair=True`` (``mer store repair``) consolidates pending segments, cuts uncommitted tails, and
+drops from the ledger every clip whose data is missing (a lost array, arrays shorter than the
+ledger, a lost chunk of names, offsets or times, vectors that read as NaN/Inf, lost frame extras),
+so a rerun redoes exactly those clips; the data of every other clip is left as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import numpy as np
 from .durable import chunk_paths
 from .featureset import FeatureSet
 from .featurestore import FeatureStore
+from .frame_extras import COUNT_ATTR as FX_COUNT
+from .frame_extras import KEYS_ATTR as FX_KEYS
+from .frame_extras import truncate as truncate_frame_extras
+from .frame_extras_check import check_frame_extras
 from .layout import ATTR
 from .lock import locked
 from .segments import UNREADABLE_ERRORS, list_segments, read_segment_names
@@ -182,6 +187,7 @@ def _truncate_to_ledger(group, meta: dict) -> None:
         arr = group[name]
         if arr.shape[0] != size:
             arr.resize((size,) + arr.shape[1:])
+    truncate_frame_extras(group, meta, n)
 
 
 def _reset_arrays(fs: FeatureSet, group, meta: dict) -> None:
@@ -197,7 +203,8 @@ def _reset_arrays(fs: FeatureSet, group, meta: dict) -> None:
     create_arrays(group, meta["level"], int(meta["dim"]), meta["dtype"])
     if meta["level"] == "frame":
         group["offsets"][0] = 0
-    meta.update(n_rows=0, n_frames=0, n_superseded=0, extras=[], last_consolidation=[])
+    meta.update({"n_rows": 0, "n_frames": 0, "n_superseded": 0, "extras": [], "last_consolidation": [],
+                 FX_KEYS: [], FX_COUNT: 0})
     meta.pop(REDONE, None)
     group.attrs[ATTR] = meta
 
@@ -277,6 +284,10 @@ def _check_arrays(fs: FeatureSet, *, repair: bool) -> list[Problem]:
             for row in range(int(np.searchsorted(offsets, a, side="right")) - 1,
                              int(np.searchsorted(offsets, b - 1, side="right"))):
                 reasons.setdefault(row, "frame times missing (a lost chunk of times)")
+    notes, fx_bad = check_frame_extras(fs.path, group, meta, offsets if level == "frame" else None, repair=repair)
+    out.extend(Problem(fs.key, text, fixed=fixed) for text, fixed in notes)
+    for row, why in fx_bad.items():
+        reasons.setdefault(row, why)
     bad_rows = sorted(reasons)
     for row in bad_rows:
         if names[row] == "":

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from . import frame_extras as fx
 from .durable import sync_commit, sync_rows
 from .errors import StoreError, StoreWriteError
 from .layout import ATTR, INDEX_CHUNK
@@ -146,6 +147,7 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
         f += _append_frames(group, meta, done, n, f)
         _append_names(group, new + redo, n)
     _write_extras(group, meta, done, n)
+    fx_ranges = fx.append(group, meta, list(done.values()), n)
 
     now = utc_now()
     failures = dict(meta.get("failures", {}))
@@ -163,7 +165,7 @@ def _merge(group: zarr.Group, meta: dict[str, Any], batch: list[Segment]) -> int
     ranges = {"names": rows, "values": rows, **{f"clip_{k}": rows for k in meta["extras"]}}
     if meta["level"] == "frame":
         ranges.update(offsets=[(n + 1, n + len(done) + 1)], values=[(f0, f)], times=[(f0, f)])
-    sync_rows(group, ranges)
+    sync_rows(group, {**ranges, **fx_ranges})
     group.attrs[ATTR] = meta  # the commit
     sync_commit(group)  # and the commit before the segments are deleted
     finish_redone(group, meta)
@@ -246,6 +248,7 @@ def _truncate(group: zarr.Group, meta: dict[str, Any], n: int, f: int) -> None:
     for key in meta.get("extras", []):  # one created by a consolidation that died: see _write_extras
         if f"clip_{key}" in group and group[f"clip_{key}"].shape[0] > n:
             group[f"clip_{key}"].resize((n,))
+    fx.truncate(group, meta, n)
     if meta["level"] == "utt":
         if group["values"].shape[0] != n:
             group["values"].resize((n, group["values"].shape[1]))

@@ -59,8 +59,9 @@ def chunk_paths(arr: zarr.Array, rows: Iterable[tuple[int, int]], base: Path) ->
 
 
 def sync_rows(group: zarr.Group, ranges: dict[str, list[tuple[int, int]]]) -> list[Path]:
-    """fsync the chunks of ``ranges`` (array name -> first-axis ``[lo, hi)`` ranges written), the
-    ``zarr.json`` of every array of the group, and the directories holding them up to the group's.
+    """fsync the chunks of ``ranges`` (array name or path -> first-axis ``[lo, hi)`` ranges written),
+    the ``zarr.json`` of every array of the group and of its sub-groups one level down (the
+    ``frame_extras/`` arrays), and the directories holding them up to the group's.
 
     Call it after writing and before the commit. Chunks that are not on disk are skipped (zarr does
     not store a chunk that is all fill value: it reads back as the fill). Returns the paths synced,
@@ -71,14 +72,16 @@ def sync_rows(group: zarr.Group, ranges: dict[str, list[tuple[int, int]]]) -> li
         return []
     files: list[Path] = []
     dirs: set[Path] = {base}
-    for meta_file in sorted(base.glob("*/zarr.json")):  # every array's metadata (not _pending/ and the like)
-        if not meta_file.parent.name.startswith(("_", ".")):
+    # every array's (and sub-group's, e.g. frame_extras/) metadata; not _pending/ and the like
+    for meta_file in sorted([*base.glob("*/zarr.json"), *base.glob("*/*/zarr.json")]):
+        rel = meta_file.parent.relative_to(base).parts
+        if not any(part.startswith(("_", ".")) for part in rel):
             files.append(meta_file)
-            dirs.add(meta_file.parent)
-    for name, rows in ranges.items():
+            dirs.update(base.joinpath(*rel[:i]) for i in range(1, len(rel) + 1))
+    for name, rows in ranges.items():  # names may be paths into a sub-group ("frame_extras/spans")
         if not rows or not (base / name / "zarr.json").is_file():
             continue
-        for path in chunk_paths(group[name], rows, base):
+        for path in chunk_paths(group[name], rows, (base / name).parent):
             if not path.is_file():
                 continue
             files.append(path)

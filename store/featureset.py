@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from . import frame_extras as fx
 from .errors import FeatureSetRecreated, MissingClipsError
 from .layout import ATTR, PENDING_DIR
 from .provenance import Provenance
@@ -219,6 +220,22 @@ class FeatureSet:
             known = ", ".join(meta.get("extras", [])) or "none"
             raise KeyError(f"feature set {self.key!r} records no per-clip {key!r} (recorded: {known})")
         return g[f"clip_{key}"][:][rows]
+
+    def frame_extra_keys(self) -> list[str]:
+        """Keys of the per-frame numbers the set records (e.g. ``face_x0``, ``face_score``)."""
+        return fx.keys(self.meta())
+
+    def read_frame_extra(self, key: str, names: list[str] | None = None) -> list[np.ndarray]:
+        """Per-frame number ``key`` of each clip, aligned to ``names``: one ``[T_i]`` float32 array each.
+
+        ``T_i`` is the number of frames the clip was decoded with (a frame-level clip's frames); an
+        empty array for a clip written without frame extras, NaN where it lacked ``key``. An unknown
+        key raises ``KeyError`` listing the recorded ones.
+        """
+        names, rows, meta = self._rows_for(names)
+        g = self.group()
+        arr, starts, ends = fx.spans_for(g, meta, self.key, key, rows, names)
+        return _take_ranges(arr, starts, ends)
 
     def read_times(self, names: list[str] | None = None) -> list[np.ndarray]:
         """Per-frame timestamps (seconds) of frame-level clips, aligned to ``names``."""

@@ -9,7 +9,8 @@ from .segments import list_segments
 
 
 def describe_set(store: FeatureStore, key: str) -> dict[str, Any]:
-    """One row of ``mer store info``: counts, layout, size on disk, provenance summary, failures."""
+    """One row of ``mer store info``: counts, layout, size on disk, provenance summary, failures, and
+    the keys of the per-clip (``extras``) and per-frame (``frame_extras``) numbers recorded."""
     fs = store[key]
     meta = fs.meta()
     prov = meta.get("provenance", {})
@@ -29,6 +30,8 @@ def describe_set(store: FeatureStore, key: str) -> dict[str, Any]:
         "finetune": prov.get("finetune"),
         "created": meta.get("created"),
         "updated": meta.get("updated"),
+        "extras": list(meta.get("extras", [])),
+        "frame_extras": list(meta.get("frame_extras", [])),
         "failures": len(failures),
         "failed": failures,
         "pending_segments": len(list_segments(fs.pending_dir)),

@@ -61,6 +61,10 @@ class Segment:
         failed: failed clip name -> reason.
         extras: per-clip numbers aligned with ``names`` (e.g. ``faces``: frames with a face found;
             ``truncated_tokens``), stored as ``clip_<key>`` arrays; NaN where not recorded.
+        frame_extras: numbers per decoded frame (e.g. ``face_x0``), each the clips' frames
+            concatenated (``sum(frame_extra_lengths)``), NaN where a clip lacks the key; stored in
+            the set's ``frame_extras/`` group (see :mod:`.frame_extras`).
+        frame_extra_lengths: frames of frame extras per clip (0: none); ``None`` when no clip has any.
         seg_id: file stem; sorts by creation time.
         generation: generation of the set the segment was written for (``""``: legacy).
     """
@@ -71,9 +75,12 @@ class Segment:
     times: np.ndarray | None = None
     failed: dict[str, str] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    frame_extras: dict[str, np.ndarray] = field(default_factory=dict)
+    frame_extra_lengths: np.ndarray | None = None
     seg_id: str = ""
     generation: str = LEGACY_GENERATION
     _ends: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _fx_ends: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Frame-level vectors and timestamps of the segment's ``i``-th clip."""
@@ -85,10 +92,20 @@ class Segment:
         start = end - int(self.lengths[i])
         return self.values[start:end], self.times[start:end]
 
+    def frame_extra_span(self, i: int) -> tuple[int, int]:
+        """``[start, end)`` of the ``i``-th clip's frames in the :attr:`frame_extras` columns."""
+        if self.frame_extra_lengths is None:
+            return 0, 0
+        if self._fx_ends is None:
+            self._fx_ends = np.cumsum(self.frame_extra_lengths)
+        end = int(self._fx_ends[i])
+        return end - int(self.frame_extra_lengths[i]), end
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays this segment holds in memory."""
-        return int(self.values.nbytes + (0 if self.times is None else self.times.nbytes))
+        return int(self.values.nbytes + (0 if self.times is None else self.times.nbytes)
+                   + sum(col.nbytes for col in self.frame_extras.values()))
 
 
 def host_name() -> str:
@@ -138,6 +155,10 @@ def write_segment(pending: Path, seg: Segment, *, generation: str | None = None,
     }
     for key, col in seg.extras.items():
         arrays[f"extra__{key}"] = np.asarray(col, dtype=np.float32)
+    if seg.frame_extra_lengths is not None:
+        arrays["fextra_lengths"] = np.asarray(seg.frame_extra_lengths, dtype=np.int64)
+        for key, col in seg.frame_extras.items():
+            arrays[f"fextra__{key}"] = np.asarray(col, dtype=np.float32)
     if seg.lengths is not None:
         arrays["lengths"] = np.asarray(seg.lengths, dtype=np.int64)
         arrays["times"] = np.asarray(seg.times, dtype=np.float32)
@@ -207,8 +228,11 @@ def read_segment(path: Path) -> Segment:
         lengths = z["lengths"] if "lengths" in z.files else None
         times = z["times"] if "times" in z.files else None
         extras = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
+        fx_lengths = z["fextra_lengths"] if "fextra_lengths" in z.files else None
+        fx = {k[len("fextra__"):]: z[k] for k in z.files if k.startswith("fextra__")}
         return Segment(names=z["names"].tolist(), values=z["values"], lengths=lengths, times=times,
-                       failed=failed, extras=extras, seg_id=path.stem, generation=_generation(z))
+                       failed=failed, extras=extras, frame_extras=fx, frame_extra_lengths=fx_lengths,
+                       seg_id=path.stem, generation=_generation(z))
 
 
 def read_segment_names(path: Path) -> tuple[list[str], list[str]]:

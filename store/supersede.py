@@ -8,7 +8,8 @@ either the old commit or the new one, never a mix. After that commit :func:`fini
 rows in their final state and a second commit drops the pairs:
 
 * utterance level: the new vectors and extras are copied into the old row, so the clip keeps its
-  row (and the set its row order); the appended row stays behind with name ``""`` (superseded);
+  row (and the set its row order), and the old row's frame-extras span is pointed at the new frames
+  (its old frames stay, unreachable); the appended row stays behind with name ``""`` (superseded);
 * frame level: the old row's name is blanked (``""``, superseded) and the appended row is the clip's.
 
 A crash between the two commits is finished by the next consolidation or ``mer store repair``.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import frame_extras as fx
 from .durable import sync_commit, sync_rows
 from .layout import ATTR
 
@@ -77,6 +79,10 @@ def finish_redone(group: zarr.Group, meta: dict[str, Any]) -> int:
                 if f"clip_{key}" in group and group[f"clip_{key}"].shape[0] >= int(meta["n_rows"]):
                     _copy_rows(group[f"clip_{key}"], new, old)
                     ranges[f"clip_{key}"] = rows
+            spans = fx.spans_array(group)  # the old row is pointed at the clip's new frame extras
+            if spans is not None and spans.shape[0] >= int(meta["n_rows"]):
+                _copy_rows(spans, new, old)
+                ranges[fx.SPANS_PATH] = rows
         else:
             group["names"].set_orthogonal_selection(old[np.argsort(old)], np.full(len(old), "", dtype=object))
             ranges = {"names": rows}

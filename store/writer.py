@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import frame_extras as fx
 from .errors import ClipValueError, StoreWriteError
 from .segments import Segment
 
@@ -47,6 +48,7 @@ class FeatureSetWriter:
         self._values: list[np.ndarray] = []
         self._times: list[np.ndarray] = []
         self._extras: list[dict[str, float]] = []
+        self._frame_extras: list[dict[str, np.ndarray]] = []
         self._failed: dict[str, str] = {}
         self._since: float | None = None
         self._commits = 0
@@ -56,15 +58,22 @@ class FeatureSetWriter:
 
     # ---- adding ---------------------------------------------------------------------------
     def add(self, name: str, values: np.ndarray, times: np.ndarray | None = None,
-            extras: dict[str, float] | None = None) -> None:
+            extras: dict[str, float] | None = None,
+            frame_extras: dict[str, np.ndarray] | None = None) -> None:
         """Buffer one clip's vectors (``[D]`` utterance level, ``[T, D]`` frame level).
 
         ``extras`` are per-clip numbers kept beside the vectors (e.g. ``{"faces": 7}``).
+        ``frame_extras`` are numbers per decoded frame (e.g. ``{"face_score": [T] array}``), all of
+        one length (at frame level the clip's ``T``); they are kept whatever the set's level (see
+        :mod:`mer.store.frame_extras`) and read back with :meth:`FeatureSet.read_frame_extra`.
 
-        Raises :class:`ClipValueError` naming the clip when the shape is wrong or a value is
-        NaN/Inf; nothing is buffered then, so the caller can record the failure and go on.
+        Raises :class:`ClipValueError` naming the clip when the shape is wrong, a value is
+        NaN/Inf, or frame extras differ in length (NaN is allowed there: "not found"); nothing
+        is buffered then, so the caller can record the failure and go on.
         """
         arr = self._validate(name, values)
+        per_frame = fx.validate(self.fs.key, str(name), frame_extras,
+                                len(arr) if self.level == "frame" else None)
         if self.level == "frame":
             t = np.full(len(arr), np.nan, np.float32) if times is None else np.asarray(times, np.float32)
             if t.shape != (len(arr),):
@@ -73,6 +82,7 @@ class FeatureSetWriter:
         self._names.append(str(name))
         self._values.append(arr)
         self._extras.append(dict(extras or {}))
+        self._frame_extras.append(per_frame)
         self._failed.pop(str(name), None)
         self._tick()
 
@@ -134,6 +144,7 @@ class FeatureSetWriter:
             seg = Segment(names=self._names, values=values, lengths=lengths, times=times, failed=self._failed)
         keys = sorted({k for e in self._extras for k in e})
         seg.extras = {k: np.array([e.get(k, np.nan) for e in self._extras], dtype=np.float32) for k in keys}
+        seg.frame_extras, seg.frame_extra_lengths = fx.pack(self._frame_extras)
         try:
             self.fs.write_segment(seg)
         except OSError as exc:
@@ -143,6 +154,7 @@ class FeatureSetWriter:
                                   "earlier are kept") from exc
         self.n_written += len(self._names)
         self._names, self._values, self._times, self._extras, self._failed = [], [], [], [], {}
+        self._frame_extras = []
         self._since = None
         self._commits += 1
         if self.consolidate_every and self._commits % self.consolidate_every == 0:
