@@ -56,6 +56,9 @@ def print_info(store_path: Path) -> int:
             console.print(f"[cyan]{r['set']}[/]: model fine-tuned ({ft.get('task', '?')}) from {ft.get('base_model')} "
                           f"on {trained.get('count', '?')} clips (names {digest}), "
                           f"classes {','.join(ft.get('classes') or [])}")
+        if r.get("extras") or r.get("frame_extras"):
+            console.print(f"[cyan]{r['set']}[/]: per clip: {', '.join(r.get('extras') or []) or '-'}; "
+                          f"per frame: {', '.join(r.get('frame_extras') or []) or '-'}")
         for name, reason in list(r["failed"].items())[:10]:
             console.print(f"[yellow]{r['set']}[/]: clip {escape(name)} failed: {escape(reason)}")
         if r["failures"] > 10:

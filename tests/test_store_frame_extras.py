@@ -320,6 +320,9 @@ def test_store_info_lists_frame_extras_keys(tmp_path):
     assert res.exit_code == 0, res.output
     row = json.loads(res.output)[0]
     assert row["frame_extras"] == ["face_score"] and row["extras"] == ["faces"]
+    res = CliRunner().invoke(app, ["info", str(store.path)])
+    assert res.exit_code == 0, res.output
+    assert "per clip: faces; per frame: face_score" in res.output
 
 
 # ---- through the extraction stage ---------------------------------------------------------
