@@ -28,12 +28,17 @@ ANY = "any"  # modality of extractors that serve every stage (precomputed tables
 # ---- decoded inputs (produced by mer.pipeline's decoders) ---------------------------------
 @dataclass
 class AudioClip:
-    """Decoded speech: mono float32 samples in [-1, 1] at ``sample_rate`` Hz."""
+    """Decoded speech: mono float32 samples in [-1, 1] at ``sample_rate`` Hz.
+
+    ``offset`` is the time of the first sample, in seconds on the clip clock the video frame times
+    use (see ``mer.pipeline.media_timing``); frame-level audio features add it to their times.
+    """
 
     name: str
     samples: np.ndarray
     sample_rate: int = 16000
     partial: str | None = None  # why only part of the file decoded (the samples are what came before), or None
+    offset: float = 0.0  # seconds of the first sample on the clip clock (audio starting after the video: > 0)
 
     @property
     def seconds(self) -> float:

@@ -169,10 +169,11 @@ class WhisperCT2(Extractor):
         for (i, _), h in zip(pieces, hidden):  # pieces are in time order per clip
             frames[i].append(h)
         out = []
-        for per_item in frames:
+        for clip, per_item in zip(items, frames):
             values = np.concatenate(per_item)
             if self.config.level == "utt":
                 out.append(Features(values.mean(axis=0)))
-            else:
-                out.append(Features(values, times=np.arange(len(values), dtype=np.float32) / FRAMES_PER_S))
+            else:  # frame times on the clip clock: the clip's first sample is at clip.offset
+                times = np.arange(len(values), dtype=np.float64) / FRAMES_PER_S + float(clip.offset)
+                out.append(Features(values, times=times.astype(np.float32)))
         return out

@@ -3,9 +3,12 @@
 Decoding uses PyAV (FFmpeg). Multi-channel audio is down-mixed by FFmpeg's normalised rematrix, the
 same mix as ``ffmpeg -i clip.mp4 -ac 1 -ar 16000 clip.wav`` (stereo becomes ``(L + R) / 2``), so
 features match those computed from wav files extracted with the ffmpeg command line as MERTools
-does. Every problem with the input is raised as :class:`DecodeError` naming the clip; a file that
-breaks off part way returns what decoded and logs a warning. Each call opens its own container, so
-calls may run concurrently in a thread pool.
+does. ``AudioClip.offset`` is the time of the first sample on the clip clock shared with the video
+decoder (:mod:`mer.pipeline.media_timing`): 0 for an audio file, the audio track's start relative
+to the file's presentation start for a video (1.0 when the audio starts a second after the
+picture). Every problem with the input is raised as :class:`DecodeError` naming the clip; a file
+that breaks off part way returns what decoded and logs a warning. Each call opens its own
+container, so calls may run concurrently in a thread pool.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from mer.extractors.base import AudioClip
 
 from .decode_errors import DecodeError, check_file, reason
+from .media_timing import clip_zero, stream_start
 
 __all__ = ["AudioDecodeConfig", "DecodeError", "decode_audio", "windows"]
 
@@ -65,7 +69,8 @@ def decode_audio(name: str, path: Path, cfg: AudioDecodeConfig | None = None) ->
         cfg: decode settings (default: 16 kHz, whole clip).
 
     Returns:
-        An :class:`AudioClip` with mono float32 samples in [-1, 1] at ``cfg.sample_rate``.
+        An :class:`AudioClip` with mono float32 samples in [-1, 1] at ``cfg.sample_rate``, and
+        ``offset``: seconds of the first sample on the clip clock.
 
     Raises:
         DecodeError: the file is missing, empty, not decodable, has no audio track or no samples.
@@ -84,18 +89,24 @@ def decode_audio(name: str, path: Path, cfg: AudioDecodeConfig | None = None) ->
     n = 0
     broken: str | None = None  # why decoding stopped early, if it did
     declared: float | None = None  # duration the container claims, in seconds
+    first: float | None = None  # container time of the first decoded sample, in seconds
+    zero = 0.0  # the clip clock's zero, in container seconds
     try:
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise DecodeError(name, f"no audio track in {path} (streams: {', '.join(kinds)})")
         stream = container.streams.audio[0]
         declared = _wav_header_seconds(path) or _declared_seconds(container, stream)
+        zero = clip_zero(container)
+        first = stream_start(stream)
         resampler: av.AudioResampler | None = None
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     if resampler is None:
                         resampler = _resampler(frame, sr)
+                        if frame.time is not None:  # where the samples really start
+                            first = float(frame.time)
                     for out in resampler.resample(frame):
                         n += _append(chunks, out)
                 if max_samples is not None and n >= max_samples:
@@ -128,7 +139,8 @@ def decode_audio(name: str, path: Path, cfg: AudioDecodeConfig | None = None) ->
     elif declared and max_samples is None and got < _SHORT_FRACTION * declared:
         partial = f"decoded {got:.2f} s of audio but {path.name} declares {declared:.2f} s (truncated file?)"
         log.warning("clip %r: %s", name, partial)
-    return AudioClip(name=name, samples=samples, sample_rate=sr, partial=partial)
+    offset = 0.0 if first is None or abs(first - zero) < 1e-6 else first - zero
+    return AudioClip(name=name, samples=samples, sample_rate=sr, partial=partial, offset=offset)
 
 
 def windows(samples: np.ndarray, sample_rate: int, window_s: float = 10.0) -> list[np.ndarray]:
