@@ -72,8 +72,8 @@ def test_case1_corrupt_truncated_empty_video(tmp_path):
     np.testing.assert_allclose(cut, good[: len(cut)], atol=2e-3)  # the same frames give the same vectors
     # the partial file is not silent: the report names the clip and how much was kept, and the set
     # records it per clip
-    assert ("partly decoded clip trunc_fs: video decoding stopped after 0.80 s (the file declares 3.00 s "
-            "(truncated file?)); kept what decoded") in flat(res)
+    assert ("partly decoded clip trunc_fs: decoded 0.80 s of video but the file declares 3.00 s "
+            "(truncated file?); kept what decoded") in flat(res)
     assert fs.read_extra("partial_decode", ["trunc_fs", "good"]).tolist()[0] == 1.0
     assert np.isnan(fs.read_extra("partial_decode", ["good"])[0])
 
