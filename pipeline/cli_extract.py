@@ -162,6 +162,8 @@ def video(
                                       help="Fraction of the face box added on each side of the crop."),
     require_face: bool = typer.Option(False, "--require-face", help="With --faces: a clip where no frame has a "
                                       "face is recorded as failed."),
+    face_scan_size: int = typer.Option(720, "--face-scan-size", min=1, help="With --faces: frames whose shorter "
+                                       "side is larger are shrunk to it while decoding (bounds memory on 4K)."),
 ) -> None:
     """Frame features from the video column."""
     from .decode_video import VideoDecodeConfig
@@ -171,7 +173,8 @@ def video(
         raise typer.BadParameter("--require-face needs --faces", param_hint="--require-face")
     decode = DecodeSettings(video=VideoDecodeConfig(fps=fps, num_frames=num_frames, size=size, faces=faces,
                                                     face_size=face_size, face_detector=face_detector,
-                                                    face_margin=face_margin, require_face=require_face))
+                                                    face_margin=face_margin, require_face=require_face,
+                                                    face_scan_size=face_scan_size))
     _run("video", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
          force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
 

@@ -75,6 +75,8 @@ class VideoDecodeConfig:
     face_detector: str = "auto"  # mtcnn, haar, none, or auto (mtcnn when facenet-pytorch imports, else haar)
     face_margin: float = 0.2  # fraction of the face box added on each side of the crop
     require_face: bool = False  # a clip where no frame has a face fails (needs faces)
+    face_scan_size: int | None = 720  # with faces: frames whose shorter side is larger are shrunk to
+    # it while decoding, before detection and cropping (bounds memory on 4K; None: full size)
 
     def __post_init__(self) -> None:
         if self.fps is not None and not self.fps > 0:
@@ -94,6 +96,8 @@ class VideoDecodeConfig:
             raise ValueError(f"face_margin must be >= 0, got {self.face_margin}")
         if self.require_face and not self.faces:
             raise ValueError("require_face needs faces=True (--faces)")
+        if self.face_scan_size is not None and int(self.face_scan_size) < int(self.face_size):
+            raise ValueError(f"face_scan_size ({self.face_scan_size}) must be at least face_size ({self.face_size})")
 
     def record(self) -> dict[str, Any]:
         """The decode settings as a JSON-able dict, for provenance (``fps`` is ``None`` when
@@ -106,7 +110,7 @@ class VideoDecodeConfig:
 
             d["face_detector"] = resolve_detector(self.face_detector)
         else:  # the face settings change nothing without face crops
-            for k in ("face_detector", "face_margin", "require_face"):
+            for k in ("face_detector", "face_margin", "require_face", "face_scan_size"):
                 d.pop(k)
         return d
 
@@ -408,14 +412,18 @@ class _Shape:
     """Converts decoded frames to upright RGB at the decode size, the first frame fixing the size."""
 
     def __init__(self, cfg: VideoDecodeConfig) -> None:
-        self.size = None if cfg.faces else cfg.size  # face crops need the full frame
+        self.size = cfg.face_scan_size if cfg.faces else cfg.size  # face crops: only ever shrunk
+        self.shrink_only = cfg.faces
         self.coded: tuple[int, int] | None = None  # (width, height) every frame is converted to
         self.turns = 0  # quarter turns counter-clockwise that make the frames upright
 
     def rgb(self, frame: Any) -> np.ndarray:
         """``frame`` as ``[H, W, 3]`` uint8 RGB, resized while converting, then turned upright."""
         if self.coded is None:
-            self.coded = _target_size(frame.width, frame.height, self.size)
+            size = self.size
+            if self.shrink_only and size is not None and size >= min(frame.width, frame.height):
+                size = None
+            self.coded = _target_size(frame.width, frame.height, size)
             self.turns = _quarter_turns(frame.rotation)
         w, h = self.coded
         if (w, h) == (frame.width, frame.height):

@@ -261,3 +261,35 @@ def test_video_stage_decodes_in_parallel_threads(tmp_path: Path, caplog: pytest.
     assert len(threads) == 2 and all(t.startswith("decode") for t in threads), threads
     overlap = any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in spans for b in spans)
     assert overlap, spans  # two clips were being decoded at the same time
+
+
+def test_4k_clip_with_faces_is_scanned_at_the_face_scan_size(tmp_path: Path) -> None:
+    """With --faces the frames are not kept at 4K: they are shrunk to face_scan_size while decoding
+    (boxes are fractions of the frame, so they do not depend on it), and peak memory stays small."""
+    n, fps = 32, 8
+    path = write_timed(tmp_path / "uhd.mp4", seconds=n / fps, fps=fps, size=(3840, 2160), preset="ultrafast")
+    script = textwrap.dedent("""
+        import resource, sys
+        from pathlib import Path
+        from mer.pipeline.decode_video import _Shape, VideoDecodeConfig, decode_video
+        import av
+        cfg = VideoDecodeConfig(fps=2.0, faces=True, face_detector="none", face_size=112)
+        with av.open(sys.argv[1]) as c:
+            shape = _Shape(cfg)
+            img = shape.rgb(next(c.decode(video=0)))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        clip = decode_video("uhd", Path(sys.argv[1]), cfg)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(*img.shape, *clip.frames.shape, (after - before) * 1024)
+    """)
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=HANG_S,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    h, w, _, t, s1, s2, _, grew = map(int, res.stdout.split())
+    assert (h, w) == (720, 1280) and (t, s1, s2) == (8, 112, 112)
+    every_frame = 8 * 3840 * 2160 * 3  # the 8 sampled frames held at 4K (~200 MB)
+    assert grew < every_frame / 3, f"peak RSS grew {grew / 2**20:.0f} MiB"
+    small = VideoDecodeConfig(faces=True, face_scan_size=None)  # full size on request
+    assert small.face_scan_size is None
+    with pytest.raises(ValueError, match="face_scan_size"):
+        VideoDecodeConfig(faces=True, face_scan_size=100, face_size=224)
