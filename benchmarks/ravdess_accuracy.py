@@ -42,6 +42,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,8 @@ SELECT_LABEL = {"inner": "inner", "outer": "outer (optimistic)", "last": "last",
 def runs_for(audio: str) -> list[tuple[str, list[str]]]:
     """The models and their feature sets, with ``audio`` as the audio set."""
     return [("single", [audio]), ("single", [V]), ("single", [T]), ("concat", [audio, V, T]),
-            ("attention", [audio, V, T]), ("agt", [audio, V, T]), ("logreg", [audio, V])]
+            ("attention", [audio, V, T]), ("agt", [audio, V, T]), ("logreg", [audio, V]),
+            ("concat", [audio, V]), ("agt", [audio, V])]  # the last two: LogReg's inputs (no text)
 
 
 EGEMAPS_RUNS = [("single", [E]), ("concat", [E, A, V]), ("agt", [E, A, V]), ("logreg", [E, A, V])]
@@ -150,22 +152,36 @@ def split_labels(clips: Path, labels: Path, work: Path) -> tuple[Path, Path]:
 
 def run_key(protocol: str, model: str, feats: list[str], normalize: str, select: str, seed: int,
             epochs: int) -> str:
-    """File name of one result: what identifies a run."""
+    """File name of one result: what identifies a run (``model`` carries a variant as ``agt[tag]``)."""
     f = "+".join(k.replace("/", "-") for k in feats)
     return f"{protocol}__{model}__{f}__{normalize}__{select}__seed{seed}__e{epochs}"
 
 
+def parse_sets(items: list[str], what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` as a dict, values read as YAML scalars (``0.1``, ``true``, ``sine``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{what}: expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def train_config(args: argparse.Namespace, normalize: str, select: str, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, seed=seed, normalize=normalize, select=select,
-                       norm_col=NORM_COL if normalize == "group" else None)
+    return TrainConfig(**{"epochs": args.epochs, "seed": seed, "normalize": normalize, "select": select,
+                          "norm_col": NORM_COL if normalize == "group" else None, **args.train_overrides})
 
 
-def run_model(protocol: str, model: str, feats: list[str], ctx: dict, runs: Path, cfg: TrainConfig) -> dict:
+def run_model(protocol: str, model: str, feats: list[str], ctx: dict, runs: Path, cfg: TrainConfig,
+              model_config: dict[str, Any] | None = None) -> dict:
     """One protocol's figures of one mer model with one seed, normalisation and selection."""
     store, clips = ctx["store"], ctx["clips"]
     if protocol == "holdout":
-        hold = train_run(store, feats, ctx["train_labels"], runs, model=model, train=cfg, folds=5, clips_csv=clips,
-                         group_col=GROUP_COL, progress=False)
+        hold = train_run(store, feats, ctx["train_labels"], runs, model=model, model_config=model_config, train=cfg,
+                         folds=5, clips_csv=clips, group_col=GROUP_COL, progress=False)
         with open(ctx["test_labels"], newline="") as f:
             names = [r["name"] for r in csv.DictReader(f)]
         got, probs, classes = predict_run(runs, store, names, clips_csv=clips)
@@ -173,8 +189,8 @@ def run_model(protocol: str, model: str, feats: list[str], ctx: dict, runs: Path
         test = evaluate_predictions(pred, ctx["test_labels"])
         return {"acc": test["accuracy"], "waf": test["waf"], "train_cv_waf": hold["summary"]["waf"]["mean"],
                 "selection": hold.get("selection")}
-    cv = train_run(store, feats, ctx["labels"], runs, model=model, train=cfg, folds=5, clips_csv=clips,
-                   group_col=GROUP_COL, progress=False)
+    cv = train_run(store, feats, ctx["labels"], runs, model=model, model_config=model_config, train=cfg, folds=5,
+                   clips_csv=clips, group_col=GROUP_COL, progress=False)
     return {"acc": cv["summary"]["accuracy"]["mean"], "waf": cv["summary"]["waf"]["mean"],
             "waf_std": cv["summary"]["waf"]["std"], "acc_std": cv["summary"]["accuracy"]["std"],
             "oof_waf": cv["oof"]["waf"], "selection": cv.get("selection"),
@@ -263,9 +279,10 @@ def summarise(results: list[dict], protocol: str) -> list[dict]:
                     "waf": float(np.mean(wafs)), "waf_std": std,
                     "minutes": float(sum(r["seconds"] for r in rs)) / 60})
     order = {m: i for i, m in enumerate(["single", "logreg", "concat", "attention", "agt"])}
+    base = lambda m: m.split("[")[0]  # noqa: E731  (a variant sorts after its model)
     norms = {n: i for i, n in enumerate(["none", "global", "group"])}
     out.sort(key=lambda r: (r["normalize"] != "-", norms.get(r["normalize"], 9), "eGeMAPS" in r["features"],
-                            order.get(r["model"], 9), r["features"], r["select"]))
+                            order.get(base(r["model"]), 9), r["model"], r["features"], r["select"]))
     return out
 
 
@@ -328,7 +345,16 @@ def main() -> None:
     ap.add_argument("--audio-frames", action="store_true",
                     help="audio as Whisper frames (20 ms) instead of the utterance mean: the AGT attends over them, "
                          "the baselines mean-pool them")
+    ap.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the mer models' config (e.g. dropout=0.3); needs --tag")
+    ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field (e.g. refit=true, weight_decay=0.1); needs --tag")
+    ap.add_argument("--tag", default="", help="name of this variant: its rows read model[tag] (ablations)")
     args = ap.parse_args()
+    args.model_overrides = parse_sets(args.model_set, "--model-set")
+    args.train_overrides = parse_sets(args.train_set, "--train-set")
+    if (args.model_overrides or args.train_overrides) and not args.tag:
+        ap.error("--model-set/--train-set need --tag (the variant's name in the tables and result files)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     normalizes = args.normalize.split(",")
     selects = args.select.split(",")
@@ -378,7 +404,8 @@ def main() -> None:
     todo.sort(key=lambda t: (seeds.index(t[0]), t[3] == "logreg"))
     n_run = 0
     for i, (seed, norm, sel, model, feats, protocol) in enumerate(todo, 1):
-        key = run_key(protocol, model, feats, norm, sel, seed, args.epochs)
+        tagged = f"{model}[{args.tag}]" if args.tag and model != "logreg" else model
+        key = run_key(protocol, tagged, feats, norm, sel, seed, args.epochs)
         path = results_dir / f"{key}.json"
         if path.exists():
             continue
@@ -387,16 +414,19 @@ def main() -> None:
             res = run_logreg(protocol, feats, norm, seed, ctx)
         else:
             runs = args.work / f"runs-e{args.epochs}" / key
-            res = run_model(protocol, model, feats, ctx, runs, train_config(args, norm, sel, seed))
+            res = run_model(protocol, model, feats, ctx, runs, train_config(args, norm, sel, seed),
+                            args.model_overrides or None)
             if protocol == "cv5":
                 ctx["folds"].setdefault(seed, res["folds_val"])
         secs = time.time() - t0
-        row = {"protocol": protocol, "model": model, "features": modalities(feats), "feature_keys": feats,
-               "normalize": norm, "select": sel, "seed": seed, "epochs": args.epochs, "seconds": secs, **res}
+        row = {"protocol": protocol, "model": tagged, "features": modalities(feats), "feature_keys": feats,
+               "normalize": norm, "select": sel, "seed": seed, "epochs": args.epochs, "seconds": secs,
+               "model_overrides": args.model_overrides if tagged != model else {},
+               "train_overrides": args.train_overrides if tagged != model else {}, **res}
         path.write_text(json.dumps(row, indent=1))
         n_run += 1
         std = f" ± {res['waf_std']:.3f}" if "waf_std" in res else ""
-        print(f"[{i}/{len(todo)}] {protocol} {model} {modalities(feats)} normalize={norm} select={sel} seed={seed}: "
+        print(f"[{i}/{len(todo)}] {protocol} {tagged} {modalities(feats)} normalize={norm} select={sel} seed={seed}: "
               f"acc {res['acc']:.3f} WAF {res['waf']:.3f}{std} ({secs:.0f} s; {(time.time() - t_start) / 60:.1f} min "
               "elapsed)", flush=True)
     print(f"{n_run} runs done now, {len(todo) - n_run} of the {len(todo)} asked were stored already; "

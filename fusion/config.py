@@ -39,6 +39,8 @@ class AGTConfig:
     # set within +-align_window of it (plus its null token; frames of unknown time stay visible)
     pool_null: bool = False  # ablation: True pools the always-valid null query into the streams too
     # (the behaviour of runs made before this field; False pools real tokens only when there are any)
+    linear_skip: bool = False  # add a linear classifier on the (frame-mean) input vectors of all sets
+    # (absent sets zeroed) to the AGT's logits ("wide and deep"): the linear model is a special case
 
 
 @dataclass
@@ -114,7 +116,7 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
 # saved config.json lacking such a field gets this value, not the new default, so an old run loads
 # the same weights and predicts exactly as before (see :func:`upgrade_run_config`).
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "agt": {"time_encoding": "none", "align_window": 0.0, "pool_null": True},
+    "agt": {"time_encoding": "none", "align_window": 0.0, "pool_null": True, "linear_skip": False},
 }
 
 

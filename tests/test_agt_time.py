@@ -340,3 +340,26 @@ def test_time_aware_agt_learns_what_the_time_blind_one_cannot(tmp_path):
     print(f"held-out accuracy, sine + 0.3 s window: {aware}; time_encoding=none: {blind}")
     assert min(aware) >= AWARE_FLOOR and max(blind) <= BLIND_CEILING
     assert np.mean(aware) - np.mean(blind) >= MARGIN
+
+
+def test_linear_skip_adds_a_linear_classifier_on_the_inputs():
+    """``linear_skip``: logits = AGT head + W_s [mean frames of each set], absent sets zeroed; with the
+    head zeroed the model is exactly that linear classifier. Off by default and for old runs."""
+    assert AGTConfig().linear_skip is False and LEGACY_DEFAULTS["agt"]["linear_skip"] is False
+    inputs, present = batch()
+    plain, wide = agt(), agt(linear_skip=True)
+    assert plain.skip is None and wide.skip.in_features == sum(DIMS.values())
+    # the skip module is made last: every other weight starts the same, so the difference is the skip
+    for (k, a), (_, b) in zip(plain.state_dict().items(), wide.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    with torch.no_grad():
+        wide.head[-1].weight.zero_()
+        wide.head[-1].bias.zero_()
+        present[V] = torch.tensor([True, False, True])  # clip 1 lacks video: its video term is zero
+        got = wide(inputs, present)
+        xs = []
+        for k in (A, V, T):
+            x, mask = inputs[k]
+            m = mask.unsqueeze(-1).float()
+            xs.append((x * m).sum(1) / m.sum(1) * present[k].float().unsqueeze(-1))
+        torch.testing.assert_close(got, wide.skip(torch.cat(xs, dim=1)))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AGTConfig
-from .common import Inputs, drop_modalities, masked_mean, modality_of, times_of
+from .common import Inputs, drop_modalities, masked_mean, modality_of, pooled, times_of
 
 TIME_ENCODINGS = ("none", "sine", "learned")
 
@@ -186,6 +186,7 @@ class AudioGuidedTransformer(nn.Module):
         # made last, so the other modules start from the same weights with and without it (ablations)
         frame_sets = any(not self.utt[k] for k in self.keys)
         self.time = TimeEncoding(cfg) if cfg.time_encoding != "none" and frame_sets else None
+        self.skip = nn.Linear(sum(dims.values()), n_classes) if cfg.linear_skip else None
 
     # ---- intra-channel ----------------------------------------------------------------------
     def _intra(self, enc: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
@@ -290,7 +291,10 @@ class AudioGuidedTransformer(nn.Module):
             z = (torch.softmax(logits, dim=1).unsqueeze(-1) * s).sum(1)
         else:
             z = (s * alive.unsqueeze(-1).to(s.dtype)).flatten(1)
-        return self.head(z)
+        logits = self.head(z)
+        if self.skip is not None:  # wide path: the inputs as given (modality dropout applies to it too)
+            logits = logits + self.skip(torch.cat([pooled(inputs, present, k) for k in self.keys], dim=1))
+        return logits
 
     def _pool_mask(self, q_valid: Tensor, sizes: list[int]) -> Tensor:
         """Query positions pooled into the streams: the valid real tokens, or, for a clip without
