@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import CLI_ENV, HANG_S
+from mer.pipeline.face_detectors import mtcnn_available
 from mer.store import FeatureStore
 from mer.store.tables import RAVDESS_CLASSES, read_clip_table, read_labels
 
@@ -264,8 +266,22 @@ def test_demo(demo_run) -> None:
     labels = read_labels(out / "labels.csv", classes=RAVDESS_CLASSES)
     assert len(labels) == 360 and len(set(labels.values())) == 8
 
+    # step 5: the real video stage with face crops on the bundled clip, random CLIP weights (said plainly)
+    detector = "mtcnn" if mtcnn_available() else "haar"
+    assert f"face detector: {detector} (--face-detector auto)" in res.stdout
+    found = re.search(r"fer_test: faces found in (\d+) of (\d+) frames", res.stdout)
+    assert found and 0 < int(found[1]) <= int(found[2]) == 10, res.stdout  # 4.6 s at 2 frames/s
+    flat = " ".join(res.stdout.split())
+    assert "The CLIP weights of video/clip-random-faces are random" in flat
+    assert "its vectors carry no emotion and the fusion below does not use them" in flat
+
     store = FeatureStore(out / "features.zarr", mode="r")
-    assert store.sets() == ["audio/whisper-base", "text/minilm", "video/openface-au"]
+    assert store.sets() == ["audio/whisper-base", "text/minilm", "video/clip-random-faces", "video/openface-au"]
+    faces = store["video/clip-random-faces"]
+    assert faces.names() == ["fer_test"] and faces.level == "utt" and faces.dim == 64
+    assert faces.read_extra("faces", ["fer_test"])[0] == int(found[1])
+    assert faces.provenance.decode["video"]["faces"] is True
+    assert faces.provenance.decode["video"]["face_detector"] == detector
     fs = store["video/openface-au"]
     assert fs.level == "utt" and fs.dim == 35
     assert len(fs.names()) == 360
@@ -278,6 +294,7 @@ def test_demo(demo_run) -> None:
     again = mer("demo", "--out", out)  # rerunning resumes instead of redoing
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("│   360 │    0 │     360 │      0 │") == 3
+    assert again.stdout.count("│     1 │    0 │       1 │      0 │") == 1  # the video step resumes too
 
 
 def test_demo_without_data(tmp_path: Path) -> None:
