@@ -152,10 +152,10 @@ def probe_stage(spec: StageSpec, typed: dict[str, str], threads: dict[str, int])
 
 
 def run_block(spec: StageSpec, key: str, names: list[str], threads: dict[str, int]
-              ) -> tuple[str, list[str], dict[str, str], dict[str, int], dict[str, str]]:
+              ) -> tuple[str, list[str], dict[str, str], dict[str, int], dict[str, str], dict[str, tuple[int, int]]]:
     """Dask task: extract ``names`` into set ``key`` as committed segments.
 
-    Returns (worker address, names done, failed, truncated, partial): see :class:`StageReport`.
+    Returns (worker address, names done, failed, truncated, partial, faces): see :class:`StageReport`.
     """
     address, n = _my_threads(threads)
     extractor, table = worker_stage(spec, n)
@@ -164,7 +164,7 @@ def run_block(spec: StageSpec, key: str, names: list[str], threads: dict[str, in
     report = StageReport(key=key)
     run_names(spec, extractor, fs, table, names, report, consolidate=False)
     done = [name for name in names if name not in report.failed]
-    return address, done, report.failed, report.truncated, report.partial
+    return address, done, report.failed, report.truncated, report.partial, report.faces
 
 
 # ---- the client -------------------------------------------------------------------------------
@@ -234,12 +234,13 @@ def _run_blocks(client: Any, spec: StageSpec, fs: FeatureSet, todo: list[str], r
     bar = _progress(progress, fs.key, len(todo))
     try:
         for fut in as_completed(futures):
-            address, done, failed, truncated, partial = fut.result()
+            address, done, failed, truncated, partial, faces = fut.result()
             reported[address].extend(done)
             report.done += len(done)
             report.failed.update(failed)
             report.truncated.update(truncated)
             report.partial.update(partial)
+            report.faces.update(faces)
             if bar:
                 bar[0].advance(bar[1], len(done) + len(failed))
     finally:

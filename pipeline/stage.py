@@ -125,6 +125,8 @@ class StageReport:
     failed: dict[str, str] = field(default_factory=dict)  # clip -> reason, this run
     truncated: dict[str, int] = field(default_factory=dict)  # clip -> tokens cut off (input over the model's max length)
     partial: dict[str, str] = field(default_factory=dict)  # clip -> why only part of its media file decoded
+    faces: dict[str, tuple[int, int]] = field(default_factory=dict)  # clip -> (frames with a face, frames
+    # sampled), video with face crops only
     seconds: float = 0.0
 
     @property
@@ -293,6 +295,8 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                     report.done += 1
                     if extras.get("partial_decode"):
                         report.partial[item.name] = str(item.partial)
+                    if "faces" in extras:
+                        report.faces[item.name] = (int(item.faces), int(len(item.times)))
                     if extras.get("truncated_tokens"):
                         report.truncated[item.name] = int(extras["truncated_tokens"])
                         log.info("%s: clip %s cut to the model's max length (%d tokens dropped)", fs.key,

@@ -171,5 +171,21 @@ def test_require_face_cli_fails_only_the_faceless_clip(tmp_path) -> None:
     assert list(failures) == [NO_FACE], failures
     assert failures[NO_FACE] == f"no face found in any of the 4 frames of {NO_FACE}.mp4 (mtcnn detector; --require-face)"
     assert NO_FACE in res.stdout
+    out = " ".join(res.stdout.split())
+    assert "faces: found in 4 of 4 sampled frames (100%) of 1 clips" in out, out
     dec = fs.provenance.decode["video"]
     assert dec["face_detector"] == "mtcnn" and dec["require_face"] is True and dec["face_margin"] == 0.2
+
+
+def test_report_names_the_clips_without_any_face() -> None:
+    import io
+
+    from rich.console import Console
+
+    from mer.pipeline.report import print_faces
+
+    buf = io.StringIO()
+    print_faces(Console(file=buf, width=300), {"a": (3, 4), "b": (0, 5), "c": (2, 2)})
+    out = buf.getvalue()
+    assert "faces: found in 5 of 11 sampled frames (45%) of 3 clips" in out
+    assert "no face in any frame of 1 clips: b (centre squares were used; --require-face makes them failures)" in out
