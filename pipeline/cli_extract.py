@@ -164,6 +164,8 @@ def video(
                                       "face is recorded as failed."),
     face_scan_size: int = typer.Option(720, "--face-scan-size", min=1, help="With --faces: frames whose shorter "
                                        "side is larger are shrunk to it while decoding (bounds memory on 4K)."),
+    face_device: str = typer.Option("cpu", "--face-device", help="With --faces: where MTCNN runs (cpu, cuda, "
+                                    "cuda:1); a speed setting, not recorded in provenance."),
 ) -> None:
     """Frame features from the video column."""
     from .decode_video import VideoDecodeConfig
@@ -174,7 +176,7 @@ def video(
     decode = DecodeSettings(video=VideoDecodeConfig(fps=fps, num_frames=num_frames, size=size, faces=faces,
                                                     face_size=face_size, face_detector=face_detector,
                                                     face_margin=face_margin, require_face=require_face,
-                                                    face_scan_size=face_scan_size))
+                                                    face_scan_size=face_scan_size, face_device=face_device))
     _run("video", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
          force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
 

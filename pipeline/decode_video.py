@@ -77,6 +77,8 @@ class VideoDecodeConfig:
     require_face: bool = False  # a clip where no frame has a face fails (needs faces)
     face_scan_size: int | None = 720  # with faces: frames whose shorter side is larger are shrunk to
     # it while decoding, before detection and cropping (bounds memory on 4K; None: full size)
+    face_device: str = "cpu"  # where a model-based face detector (mtcnn) runs: cpu, cuda, cuda:1 (a speed
+    # setting, not recorded in provenance)
 
     def __post_init__(self) -> None:
         if self.fps is not None and not self.fps > 0:
@@ -103,6 +105,7 @@ class VideoDecodeConfig:
         """The decode settings as a JSON-able dict, for provenance (``fps`` is ``None`` when
         ``num_frames`` decides, so two configs that decode the same frames record the same)."""
         d = dataclasses.asdict(self)
+        d.pop("face_device")  # where the detector ran changes speed, not what the features mean
         if self.num_frames is not None:
             d["fps"] = None
         if self.faces:  # the detector that runs, not "auto"
@@ -143,7 +146,8 @@ def decode_video(name: str, path: Path, cfg: VideoDecodeConfig | None = None) ->
     if cfg.faces:
         from .faces import FaceCropper
 
-        track = FaceCropper(face_size=cfg.face_size, margin=cfg.face_margin, detector=cfg.face_detector).track(frames)
+        track = FaceCropper(face_size=cfg.face_size, margin=cfg.face_margin, detector=cfg.face_detector,
+                            device=cfg.face_device).track(frames)
         if cfg.require_face and track.found == 0:
             raise DecodeError(name, f"no face found in any of the {len(frames)} frames of {path.name} "
                                     f"({track.detector} detector; --require-face)")

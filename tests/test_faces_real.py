@@ -122,6 +122,7 @@ def test_frame_extras_and_provenance() -> None:
     rec = cfg.record()  # what ran, not "auto"
     assert rec["face_detector"] == "mtcnn" and rec["face_margin"] == 0.3 and rec["require_face"] is False
     assert "face_detector" not in VideoDecodeConfig().record()  # no face settings without --faces
+    assert "face_device" not in rec and rec == VideoDecodeConfig(**{**cfg.__dict__, "face_device": "cuda"}).record()
     with pytest.raises(ValueError, match="require_face needs faces"):
         VideoDecodeConfig(require_face=True)
     with pytest.raises(ValueError, match="face_detector must be one of"):
