@@ -287,8 +287,10 @@ def test_4k_clip_with_faces_is_scanned_at_the_face_scan_size(tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     h, w, _, t, s1, s2, _, grew = map(int, res.stdout.split())
     assert (h, w) == (720, 1280) and (t, s1, s2) == (8, 112, 112)
-    every_frame = 8 * 3840 * 2160 * 3  # the 8 sampled frames held at 4K (~200 MB)
-    assert grew < every_frame / 3, f"peak RSS grew {grew / 2**20:.0f} MiB"
+    # the 8 sampled frames held at 4K would take ~200 MB on top of FFmpeg's own 4K decode buffers
+    # (~45-60 MiB here, also without faces); measured +62 MiB in all (2026-12-03)
+    every_frame = 8 * 3840 * 2160 * 3
+    assert grew < every_frame / 2, f"peak RSS grew {grew / 2**20:.0f} MiB"
     small = VideoDecodeConfig(faces=True, face_scan_size=None)  # full size on request
     assert small.face_scan_size is None
     with pytest.raises(ValueError, match="face_scan_size"):
