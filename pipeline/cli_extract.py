@@ -51,6 +51,8 @@ FLUSH = typer.Option(256, "--flush-rows", min=1, help="Commit every N clips (or 
                      "at most that much work.")
 PREFETCH = typer.Option(None, "--prefetch", min=0, help="Decoded clips in flight ahead of the model (default: four "
                         "batches, or one length group when that is more; 0: serial, no decode threads).")
+DECODE_THREADS = typer.Option(2, "--decode-threads", min=1, help="Threads decoding media ahead of the model (per "
+                              "process; with --workers, per worker).")
 
 
 def _choice(modality: str) -> Any:
@@ -107,7 +109,8 @@ def _typed(pair: str, raw: str, annotation: str) -> Any:
 def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | None, level: str,
          batch_size: int | None, device: str, dtype: str, store_dtype: str, set_name: str | None,
          only: Path | None, force: bool, limit: int | None, workers: int, scheduler: str | None,
-         options: list[str] | None, decode: Any, flush_rows: int = 256, prefetch: int | None = None) -> None:
+         options: list[str] | None, decode: Any, flush_rows: int = 256, prefetch: int | None = None,
+         decode_threads: int = 2) -> None:
     from .report import print_report
     from .stage import StageSpec, run_stage
 
@@ -118,7 +121,8 @@ def _run(modality: str, clips: Path, store: Path, extractor: str, model: str | N
     if batch_size:
         config["batch_size"] = batch_size
     spec = StageSpec(modality=modality, clips=clips, store=store, extractor=extractor, config=config,
-                     key=set_name, store_dtype=store_dtype, decode=decode, flush_rows=flush_rows, prefetch=prefetch)
+                     key=set_name, store_dtype=store_dtype, decode=decode, flush_rows=flush_rows, prefetch=prefetch,
+                     decode_threads=decode_threads)
     report = run_stage(spec, only=only, limit=limit, force=force, workers=workers, scheduler=scheduler)
     print_report(report)
     raise typer.Exit(1 if report.failed else 0)
@@ -130,7 +134,7 @@ def audio(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
-    flush_rows: int = FLUSH, prefetch: int = PREFETCH,
+    flush_rows: int = FLUSH, prefetch: int = PREFETCH, decode_threads: int = DECODE_THREADS,
     sample_rate: int = typer.Option(16000, help="Decode to this rate (mono float32)."),
     max_seconds: float = typer.Option(None, help="Keep at most this many seconds of each clip."),
 ) -> None:
@@ -140,7 +144,7 @@ def audio(
 
     decode = DecodeSettings(audio=AudioDecodeConfig(sample_rate=sample_rate, max_seconds=max_seconds))
     _run("audio", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
+         force, limit, workers, scheduler, option, decode, flush_rows, prefetch, decode_threads)
 
 
 @app.command()
@@ -149,7 +153,7 @@ def video(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
-    flush_rows: int = FLUSH, prefetch: int = PREFETCH,
+    flush_rows: int = FLUSH, prefetch: int = PREFETCH, decode_threads: int = DECODE_THREADS,
     fps: float = typer.Option(2.0, help="Frames sampled per second."),
     num_frames: int = typer.Option(None, help="Instead of --fps: this many frames evenly spaced per clip."),
     size: int = typer.Option(None, help="Resize frames so the shorter side has this many pixels."),
@@ -178,7 +182,7 @@ def video(
                                                     face_margin=face_margin, require_face=require_face,
                                                     face_scan_size=face_scan_size, face_device=face_device))
     _run("video", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
-         force, limit, workers, scheduler, option, decode, flush_rows, prefetch)
+         force, limit, workers, scheduler, option, decode, flush_rows, prefetch, decode_threads)
 
 
 @app.command()
@@ -187,7 +191,7 @@ def text(
     level: str = LEVEL, batch_size: int = BATCH, device: str = DEVICE, dtype: str = DTYPE,
     store_dtype: str = STORE_DTYPE, set_name: str = SET, only: Path = ONLY, force: bool = FORCE,
     limit: int = LIMIT, workers: int = WORKERS, scheduler: str = SCHEDULER, option: list[str] = OPTION,
-    flush_rows: int = FLUSH, prefetch: int = PREFETCH,
+    flush_rows: int = FLUSH, prefetch: int = PREFETCH, decode_threads: int = DECODE_THREADS,
     text_column: str = typer.Option("text", "--text-column", help="Subtitle column: text, english, chinese ..."),
 ) -> None:
     """Subtitle features from a text column of the clip table."""
@@ -195,4 +199,4 @@ def text(
 
     _run("text", clips, store, extractor, model, level, batch_size, device, dtype, store_dtype, set_name, only,
          force, limit, workers, scheduler, option, DecodeSettings(text_column=text_column),
-         flush_rows, prefetch)
+         flush_rows, prefetch, decode_threads)

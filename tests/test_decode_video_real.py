@@ -295,3 +295,39 @@ def test_4k_clip_with_faces_is_scanned_at_the_face_scan_size(tmp_path: Path) -> 
     assert small.face_scan_size is None
     with pytest.raises(ValueError, match="face_scan_size"):
         VideoDecodeConfig(faces=True, face_scan_size=100, face_size=224)
+
+
+def test_decode_threads_option_sets_the_decode_pool(tmp_path: Path) -> None:
+    """``mer extract video --decode-threads 1``: every clip is decoded by the one decode thread."""
+    pytest.importorskip("transformers")
+    from typer.testing import CliRunner
+
+    from conftest import one_torch_thread
+    from tiny_models import build_hf_clip
+
+    from mer.pipeline.cli import app
+
+    model = build_hf_clip(tmp_path / "clip")
+    rows = [{"name": f"c{i}", "video": str(write_timed(tmp_path / f"c{i}.mp4", seconds=1, size=(64, 48)))}
+            for i in range(3)]
+    table = write_csv(tmp_path / "clips.csv", rows)
+    threads: list[str] = []
+
+    class Collect(logging.Handler):  # on the decoder's own logger: the CLI resets the root handlers
+        def emit(self, record: logging.LogRecord) -> None:
+            if "frames decoded from" in record.getMessage():
+                threads.append(record.threadName)
+
+    logger = logging.getLogger("mer.pipeline.decode_video")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with one_torch_thread():
+            res = CliRunner().invoke(app, ["extract", "video", str(table), "--store", str(tmp_path / "s.zarr"),
+                                           "-e", "clip", "-m", str(model), "--size", "32", "--decode-threads", "1"])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert res.exit_code == 0, res.output
+    assert len(threads) == 3 and set(threads) == {"decode_0"}, threads
