@@ -152,8 +152,7 @@ def decode_video(name: str, path: Path, cfg: VideoDecodeConfig | None = None) ->
             raise DecodeError(name, f"no face found in any of the {len(frames)} frames of {path.name} "
                                     f"({track.detector} detector; --require-face)")
         frames, faces, extras = track.crops, track.found, track.frame_extras()
-    elif cfg.size is not None:
-        frames = np.stack([resize_shorter(f, cfg.size) for f in frames])
+    # without faces, `size` was applied while converting (_Shape): the frames are at it already
     return VideoClip(name=name, frames=np.ascontiguousarray(frames, dtype=np.uint8),
                      times=np.asarray(times, dtype=np.float32), faces=faces, partial=partial,
                      frame_extras=extras)
@@ -192,12 +191,10 @@ def select_frames(starts: np.ndarray, end: float, fps: float | None, num_frames:
 def resize_shorter(frame: np.ndarray, size: int) -> np.ndarray:
     """Resize an ``[H, W, 3]`` image so its shorter side is ``size`` pixels, keeping the aspect."""
     h, w = frame.shape[:2]
-    scale = size / min(h, w)
-    if scale == 1.0:
+    if min(h, w) == size:
         return frame
-    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(frame, (nw, nh), interpolation=interp)
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(frame, _target_size(w, h, size), interpolation=interp)
 
 
 # ---- reading the chosen frames with PyAV ------------------------------------------------------
@@ -438,7 +435,7 @@ class _Shape:
 
 
 def _target_size(width: int, height: int, size: int | None) -> tuple[int, int]:
-    """(width, height) with the shorter side ``size`` (the rounding of :func:`resize_shorter`)."""
+    """(width, height) with the shorter side ``size`` (None: unchanged); also :func:`resize_shorter`'s size."""
     if size is None:
         return width, height
     scale = size / min(width, height)
