@@ -153,8 +153,8 @@ class FeatureSetWriter:
                                   f"not saved (a rerun redoes them); {self.n_written} clips this writer committed "
                                   "earlier are kept") from exc
         self.n_written += len(self._names)
-        self._names, self._values, self._times, self._extras, self._failed = [], [], [], [], {}
-        self._frame_extras = []
+        self._names, self._values, self._times, self._extras, self._frame_extras = [], [], [], [], []
+        self._failed = {}
         self._since = None
         self._commits += 1
         if self.consolidate_every and self._commits % self.consolidate_every == 0:
