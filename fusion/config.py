@@ -90,6 +90,10 @@ class TrainConfig:
     refit: bool = False  # select="inner": False keeps the picked model (trained without the inner clips,
     # whose held-out predictions then describe exactly it: self-training's prior estimates use them);
     # True retrains on all training clips for the picked number of epochs (about twice the time)
+    final: bool = False  # after the folds, also train one model on every labelled clip for the median of
+    # the folds' trained epoch counts (final.pt); `mer fuse predict` then uses it instead of averaging
+    # the fold models. The out-of-fold metrics still describe the fold models (the final model has no
+    # held-out clips of its own)
     class_weights: bool = False  # weight the loss by inverse class frequency of the training fold
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     standardize: bool = True  # legacy switch kept for old run configs: False means normalize="none"

@@ -1,4 +1,7 @@
-"""``mer fuse predict``: the fold models of a run as an ensemble over stored features.
+"""``mer fuse predict``: a run's models over stored features.
+
+A run predicts with its final model (trained on every labelled clip, ``-T final=true``) when it
+has one, else with the average of its fold models (``--models`` chooses).
 
 The store must hold the run's feature sets with the same level, dim and provenance identity
 (extractor, config, model, weights hash, decode settings); anything else is refused with a list
@@ -26,7 +29,7 @@ from .data import FusionData, load_features
 from .models import build_model
 from .normalize import load_normalizer, norm_spec
 from .priors import OutOfFold, PriorCorrection, correct, parse_priors, read_oof
-from .run import clip_groups, set_identity
+from .run import FINAL_CHECKPOINT, clip_groups, set_identity
 from .train import predict_probs
 
 log = logging.getLogger(__name__)
@@ -107,12 +110,37 @@ def check_store_matches(config: dict[str, Any], store: FeatureStore) -> None:
                                + "\n".join(problems))
 
 
-def predict_folds(run_dir: Path, config: dict[str, Any], data: FusionData, rows: np.ndarray,
-                  device: str = "cpu") -> np.ndarray:
-    """Each fold model of the run on ``rows`` of ``data`` (loaded for the run's sets): ``[K, len(rows), C]``."""
+MODEL_CHOICES = ("auto", "final", "folds")
+
+
+def run_models(run_dir: Path, config: dict[str, Any], use: str = "auto") -> list[Path]:
+    """The checkpoints that predict: ``final.pt`` or the ``fold<k>.pt`` files.
+
+    ``use``: ``"auto"`` is the final model when the run trained one (``-T final=true``), else the
+    folds; ``"final"`` refuses a run without one; ``"folds"`` is always the fold ensemble.
+    """
+    if use not in MODEL_CHOICES:
+        raise ValueError(f"models must be one of {', '.join(MODEL_CHOICES)}, got {use!r}")
+    final = Path(run_dir) / FINAL_CHECKPOINT
+    has_final = bool(config["train"].get("final")) and final.is_file()
+    if use == "final" and not has_final:
+        raise FileNotFoundError(f"{run_dir} has no final model (train with -T final=true to get {FINAL_CHECKPOINT})")
+    if use != "folds" and has_final:
+        return [final]
     checkpoints = fold_checkpoints(run_dir)
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} holds no fold checkpoints (fold*.pt)")
+    return checkpoints
+
+
+def predict_folds(run_dir: Path, config: dict[str, Any], data: FusionData, rows: np.ndarray,
+                  device: str = "cpu", use: str = "folds") -> np.ndarray:
+    """The run's models on ``rows`` of ``data`` (loaded for the run's sets): ``[K, len(rows), C]``.
+
+    ``use`` (:func:`run_models`): ``"folds"`` (K fold models), ``"final"`` or ``"auto"`` (K = 1
+    when the final model is used).
+    """
+    checkpoints = run_models(run_dir, config, use)
     out = []
     for ckpt in checkpoints:
         state = torch.load(ckpt, map_location=device, weights_only=True)
@@ -148,10 +176,11 @@ def attach_groups(config: dict[str, Any], data: FusionData, clips_csv: Path | No
 
 
 def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None, device: str = "cpu", *,
-               clips_csv: Path | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """Each fold model's probabilities; returns (names, probs ``[K, N, C]``, classes).
+               clips_csv: Path | None = None, use: str = "folds") -> tuple[list[str], np.ndarray, list[str]]:
+    """Each model's probabilities; returns (names, probs ``[K, N, C]``, classes).
 
     ``clips_csv``: the clip table holding the run's group column (runs normalised per group).
+    ``use``: which models (:func:`run_models`; the default is the K fold models).
     """
     run_dir = resolve_run(run_dir)
     config = load_run(run_dir)
@@ -160,31 +189,40 @@ def fold_probs(run_dir: Path, store_path: Path, names: list[str] | None = None, 
     check_store_matches(config, store)
     data = load_features(store, config["features"], names, config["train"]["max_frames"])
     attach_groups(config, data, clips_csv, run_dir)
-    return data.names, predict_folds(run_dir, config, data, np.arange(len(data)), device), config["classes"]
+    return data.names, predict_folds(run_dir, config, data, np.arange(len(data)), device, use), config["classes"]
 
 
 def predict_run(run_dir: Path, store_path: Path, names: list[str] | None = None, device: str = "cpu", *,
-                clips_csv: Path | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """Average the fold models' probabilities; returns (names, probs ``[N, C]``, classes)."""
-    got, probs, classes = fold_probs(run_dir, store_path, names, device, clips_csv=clips_csv)
+                clips_csv: Path | None = None, use: str = "auto") -> tuple[list[str], np.ndarray, list[str]]:
+    """The run's prediction: its final model when it has one, else the fold models' average.
+
+    Returns (names, probs ``[N, C]``, classes). ``use``: ``auto``, ``final`` or ``folds``
+    (:func:`run_models`).
+    """
+    got, probs, classes = fold_probs(run_dir, store_path, names, device, clips_csv=clips_csv, use=use)
     return got, probs.mean(0), classes
 
 
 def predict_corrected(run_dir: Path, store_path: Path, names: list[str] | None = None, method: str = "none",
                       priors: str | None = None, device: str = "cpu", *,
-                      clips_csv: Path | None = None) -> tuple[list[str], PriorCorrection]:
-    """Ensemble prediction, then label-shift correction of the posteriors (:mod:`mer.fusion.priors`).
+                      clips_csv: Path | None = None, use: str = "auto") -> tuple[list[str], PriorCorrection]:
+    """The run's prediction (:func:`predict_run`), then label-shift correction (:mod:`mer.fusion.priors`).
 
     The priors are estimated from the predictions on ``names`` themselves (``em``, ``bbse``) or taken
     from ``priors`` (``given``, ``"class=value,..."``). ``clips_csv``: the clip table holding the
-    run's group column (runs normalised per group).
+    run's group column (runs normalised per group). With the fold models each fold is described by
+    its own validation predictions; a final model has no held-out clips of its own, so the pooled
+    out-of-fold predictions of the folds stand in for it.
     """
     if priors and method != "given":
         raise ValueError("--priors goes with --prior-correction given")
-    got, per_fold, classes = fold_probs(run_dir, store_path, names, device, clips_csv=clips_csv)
+    run_dir = resolve_run(run_dir)
+    use_final = run_models(run_dir, load_run(run_dir), use)[0].name == FINAL_CHECKPOINT
+    got, per_fold, classes = fold_probs(run_dir, store_path, names, device, clips_csv=clips_csv,
+                                        use="final" if use_final else "folds")
     oof = run_oof(run_dir)
     given = parse_priors(priors, classes) if method == "given" else None
-    return got, correct(per_fold.mean(0), method, oof, given, fold_probs=per_fold)
+    return got, correct(per_fold.mean(0), method, oof, given, fold_probs=None if use_final else per_fold)
 
 
 def write_predictions(path: Path, names: list[str], probs: np.ndarray | None, classes: list[str],

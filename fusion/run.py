@@ -3,7 +3,8 @@
 The run directory holds ``config.json`` (everything needed to rebuild the models and check a
 store at prediction time), ``run.yaml`` (the run's settings, paths absolute: ``mer fuse train
 --config run.yaml --out NEW`` replays it, :mod:`mer.fusion.runfile`), ``fold<k>.pt``
-checkpoints, ``metrics.json`` (per fold, mean ± std, out-of-fold overall), ``oof_predictions.csv``,
+checkpoints, with ``-T final=true`` also ``final.pt`` (one model on every labelled clip, used by
+``mer fuse predict``), ``metrics.json`` (per fold, mean ± std, out-of-fold overall), ``oof_predictions.csv``,
 ``confusion.png`` and ``learning_curves.png``.
 """
 
@@ -32,9 +33,11 @@ from .metrics import classification_report, summarize_folds
 from .models import build_model
 from .normalize import group_values, norm_spec
 from .runfile import RunSpec, write_run_yaml
-from .train import predict_probs, split_select_rows, train_fold
+from .train import predict_probs, split_select_rows, train_final, train_fold
 
 log = logging.getLogger(__name__)
+
+FINAL_CHECKPOINT = "final.pt"  # the model trained on every labelled clip (TrainConfig.final)
 
 
 def set_identity(store: FeatureStore, key: str) -> dict[str, Any]:
@@ -102,6 +105,7 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
     run = RunConfig(features=list(features), model=model, model_config=resolved, train=train,
                     folds=len(fold_list), group_col=group_col, classes=classes)
     out.mkdir(parents=True, exist_ok=True)
+    (out / FINAL_CHECKPOINT).unlink(missing_ok=True)  # a final model of an earlier run here is not this run's
     config = {**dataclasses.asdict(run), "store": str(store_path), "labels": str(labels_csv),
               "sets": {k: set_identity(store, k) for k in features}, "n_clips": len(data),
               "clips": str(clips_csv) if clips_csv else None, "val": str(val) if val else None}
@@ -115,7 +119,9 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
 
     fits = fit_folds(make, data, y, fold_list, classes, train, out, progress=progress,
                      groups=None if groups is None else np.asarray(groups, dtype=object))
-    return write_run(out, model, features, data, y, fits, classes)
+    final = fit_final(make, data, y, fits, len(classes), train, out) if train.final else None
+    return write_run(out, model, features, data, y, fits, classes,
+                     extra_metrics={"final": final} if final else None)
 
 
 @dataclass
@@ -208,6 +214,37 @@ def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarr
                  "score": float(np.mean(scores)) if scores and len(scores) == len(fold_meta) else None}
     return FoldFits(oof, reports, histories, fold_meta, np.stack(predicted) if predicted else None,
                     time.perf_counter() - t0, selection)
+
+
+def final_epochs(fits: FoldFits) -> int:
+    """How long the final model trains: the median of the folds' trained epoch counts (at least 1)."""
+    counts = [int(f["best_epoch"]) + 1 for f in fits.folds]
+    return max(1, int(round(float(np.median(counts)))))
+
+
+def fit_final(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarray, fits: FoldFits,
+              n_classes: int, train: TrainConfig, out: Path, rows: np.ndarray | None = None) -> dict[str, Any]:
+    """Train one model on every labelled row for :func:`final_epochs` epochs; save ``final.pt``.
+
+    A plateau schedule steps on the folds' mean selection curve (the signal their picked models
+    saw). Returns what ``metrics.json`` records under ``final``.
+    """
+    rows = np.flatnonzero(y >= 0) if rows is None else np.asarray(rows, np.int64)
+    epochs = final_epochs(fits)
+    key = "select_waf" if all("select_waf" in h for h in fits.histories) else "val_waf"
+    curves = [h.get(key, []) for h in fits.histories]
+    signal = [float(np.mean([c[e] for c in curves if e < len(c)])) for e in range(epochs)
+              if any(e < len(c) for c in curves)]
+    t0 = time.perf_counter()
+    res = train_final(make, data, y, rows, n_classes, train, epochs, seed=train.seed + len(fits.folds),
+                      plateau_signal=signal or None)
+    torch.save({"state_dict": res.state_dict, "norm": res.norm.state(), "final": True, "epochs": epochs,
+                "n_train": int(len(rows))}, out / FINAL_CHECKPOINT)
+    seconds = time.perf_counter() - t0
+    log.info("final model: %d epochs on all %d labelled clips (%.1f s) -> %s", epochs, len(rows), seconds,
+             out / FINAL_CHECKPOINT)
+    return {"epochs": epochs, "n_train": int(len(rows)), "seconds": seconds,
+            "fold_epochs": [int(f["best_epoch"]) + 1 for f in fits.folds]}
 
 
 def write_run(out: Path, model: str, features: list[str], data: FusionData, y: np.ndarray, fits: FoldFits,

@@ -180,6 +180,21 @@ def train_fold(make_model: Callable[[], nn.Module], data: FusionData, y: np.ndar
                       select_probs=res.select_probs, select_waf=res.select_waf, refit=True)
 
 
+def train_final(make_model: Callable[[], nn.Module], data: FusionData, y: np.ndarray, rows: np.ndarray,
+                n_classes: int, cfg: TrainConfig, epochs: int, seed: int,
+                plateau_signal: list[float] | None = None) -> FoldResult:
+    """One model on ``rows`` (every labelled clip) for exactly ``epochs`` epochs, nothing held out.
+
+    The schedule is the folds' (cosine over ``cfg.epochs``; plateau stepping on ``plateau_signal``),
+    so the model sees the same learning-rate path the folds' picked models saw.
+    """
+    if epochs < 1:
+        raise ValueError(f"the final model needs at least one epoch, got {epochs}")
+    rows = np.asarray(rows, np.int64)
+    return _fit(make_model, data, y, rows, np.zeros(0, np.int64), None, n_classes, cfg, seed, None,
+                epochs=int(epochs), plateau_signal=plateau_signal)
+
+
 def _fit(make_model: Callable[[], nn.Module], data: FusionData, y: np.ndarray, fit_rows: np.ndarray,
          val_rows: np.ndarray, select_rows: np.ndarray | None, n_classes: int, cfg: TrainConfig, seed: int,
          on_epoch: Callable[[int, dict[str, float]], None] | None, *, epochs: int | None = None,

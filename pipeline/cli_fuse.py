@@ -104,13 +104,16 @@ def predict(
                                          help="Label-shift correction of the posteriors: none, em, bbse, given."),
     priors: str = typer.Option(None, "--priors", help="Known test priors for `given`: neutral=0.2,happy=0.3,..."),
     device: str = typer.Option("cpu", "--device"),
+    models: str = typer.Option("auto", "--models", help="auto (the final model when the run trained one with "
+                               "-T final=true, else the fold average), final, or folds."),
 ) -> None:
-    """Ensemble of the run's fold models over stored features, optionally corrected for label shift."""
+    """The run's final model or fold ensemble over stored features, optionally corrected for label shift."""
     from mer.fusion.predict import predict_corrected, write_predictions
     from mer.store.tables import read_names
 
     clip_names = read_names(names) if names else None
-    got, fix = predict_corrected(run, store, clip_names, prior_correction, priors, device, clips_csv=clips)
+    got, fix = predict_corrected(run, store, clip_names, prior_correction, priors, device, clips_csv=clips,
+                                 use=models)
     pred, prob = write_predictions(out, got, fix.probs, fix.classes)
     typer.echo(f"{len(got)} predictions -> {pred} (probabilities: {prob})")
     if prior_correction != "none":
