@@ -31,7 +31,8 @@ class AudioClip:
     """Decoded speech: mono float32 samples in [-1, 1] at ``sample_rate`` Hz.
 
     ``offset`` is the time of the first sample, in seconds on the clip clock the video frame times
-    use (see ``mer.pipeline.media_timing``); frame-level audio features add it to their times.
+    use (see ``mer.pipeline.media_timing``). Extractors give frame times from the first sample;
+    the stage adds ``offset`` when it writes them (``mer.pipeline.stage.clip_clock``).
     """
 
     name: str

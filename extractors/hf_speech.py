@@ -293,7 +293,6 @@ class HFSpeechExtractor(Extractor):
                 parts = [seg_frames[j] for j in mine]
                 times = np.concatenate([segs[j][1] / self.sample_rate + np.arange(len(seg_frames[j])) * hop_s
                                         for j in mine])
-                times = times + float(items[i].offset)  # on the clip clock
                 values = np.concatenate(parts, axis=0).astype(np.float32)
                 results.append(Features(values=values, times=times.astype(np.float64), notes=notes))
             else:

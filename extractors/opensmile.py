@@ -138,6 +138,6 @@ class OpenSmile(Extractor):
                                 f"of {bad.size}")
             if self.config.level == "utt":
                 out.append(Features(values[0]))
-            else:  # frame start times on the clip clock: the clip's first sample is at clip.offset
-                out.append(Features(values, times=times + np.float32(clip.offset)))
+            else:  # frame start times from the first sample (the stage moves them to the clip clock)
+                out.append(Features(values, times=times))
         return out

@@ -173,7 +173,7 @@ class WhisperCT2(Extractor):
             values = np.concatenate(per_item)
             if self.config.level == "utt":
                 out.append(Features(values.mean(axis=0)))
-            else:  # frame times on the clip clock: the clip's first sample is at clip.offset
-                times = np.arange(len(values), dtype=np.float64) / FRAMES_PER_S + float(clip.offset)
+            else:  # frame times from the first sample (the stage moves them to the clip clock)
+                times = np.arange(len(values), dtype=np.float64) / FRAMES_PER_S
                 out.append(Features(values, times=times.astype(np.float32)))
         return out

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mer.extractors.base import (
     ClipRef,
     Extractor,
@@ -265,6 +267,19 @@ def _one_by_one(extractor: Extractor, items: list[Any], exc: BaseException) -> l
     return out
 
 
+def clip_clock(item: Any, times: np.ndarray | None) -> np.ndarray | None:
+    """Frame times on the clip clock shared by every stage (:mod:`mer.pipeline.media_timing`).
+
+    Extractors give audio frame times from the first decoded sample; an :class:`AudioClip` whose
+    audio starts after the video (``offset > 0``) moves them here, in one place for every
+    extractor. Video frame times are already on the clip clock (no ``offset``).
+    """
+    offset = float(getattr(item, "offset", 0.0) or 0.0)
+    if times is None or offset == 0.0:
+        return times
+    return (np.asarray(times, np.float64) + offset).astype(np.asarray(times).dtype)
+
+
 def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: ClipTable, names: list[str],
               report: StageReport, *, consolidate: bool = True, on_clip: Any = None) -> None:
     """Decode, extract and write ``names`` into ``fs``; failures go to the ledger and ``report``."""
@@ -291,7 +306,8 @@ def run_names(spec: StageSpec, extractor: Extractor, fs: FeatureSet, table: Clip
                     if getattr(item, "partial", None):  # a damaged file: what decoded before the damage
                         extras["partial_decode"] = 1.0
                     per_frame = getattr(item, "frame_extras", None) or None  # e.g. face box per decoded frame
-                    writer.add(item.name, feats.values, times=feats.times, extras=extras, frame_extras=per_frame)
+                    writer.add(item.name, feats.values, times=clip_clock(item, feats.times), extras=extras,
+                               frame_extras=per_frame)
                     report.done += 1
                     if extras.get("partial_decode"):
                         report.partial[item.name] = str(item.partial)

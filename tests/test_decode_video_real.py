@@ -131,20 +131,25 @@ def test_variable_frame_rate_keeps_real_times(timed: dict[str, Path]) -> None:
         assert got == pytest.approx(written[written <= t + 1e-6].max(), abs=1e-4)
 
 
-def test_cli_audio_frame_times_start_at_the_audio_offset(tmp_path: Path, timed: dict[str, Path]) -> None:
-    pytest.importorskip("transformers")
-    from tiny_models import build_hubert
-
+@pytest.mark.parametrize("extractor", ["hf-speech", "opensmile"])
+def test_cli_audio_frame_times_start_at_the_audio_offset(tmp_path: Path, timed: dict[str, Path],
+                                                         extractor: str) -> None:
     from mer.store import FeatureStore
 
-    hubert = build_hubert(tmp_path / "hubert")
+    if extractor == "hf-speech":
+        pytest.importorskip("transformers")
+        from tiny_models import build_hubert
+
+        opts = ["-m", str(build_hubert(tmp_path / "hubert")), "-O", "layers=last2", "-O", "layer_pool=sum"]
+    else:
+        pytest.importorskip("opensmile")
+        opts = []  # eGeMAPSv02 LLDs
     rows = [{"name": "pcm", "audio": "", "video": str(timed["late_audio_pcm"])},
             {"name": "aac", "audio": "", "video": str(timed["late_audio_aac"])}]
     table = write_csv(tmp_path / "clips.csv", rows)
     store = tmp_path / "s.zarr"
-    res = subprocess.run([*mer_cli(), "extract", "audio", str(table), "--store", str(store), "-e", "hf-speech",
-                          "-m", str(hubert), "-O", "layers=last2", "-O", "layer_pool=sum", "--level", "frame",
-                          "--set", "late"], capture_output=True, text=True, timeout=HANG_S,
+    res = subprocess.run([*mer_cli(), "extract", "audio", str(table), "--store", str(store), "-e", extractor, *opts,
+                          "--level", "frame", "--set", "late"], capture_output=True, text=True, timeout=HANG_S,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout + res.stderr
     fs = FeatureStore(store)["audio/late"]
@@ -154,9 +159,10 @@ def test_cli_audio_frame_times_start_at_the_audio_offset(tmp_path: Path, timed: 
 
 
 @pytest.mark.parametrize("extractor", ["opensmile", "whisper-ct2"])
-def test_audio_extractors_add_the_offset_to_frame_times(extractor: str) -> None:
+def test_audio_extractors_give_times_from_the_first_sample(extractor: str) -> None:
+    """Extractors do not add the offset: the stage does, in one place (``stage.clip_clock``)."""
     from mer.extractors.base import AudioClip, ModelLoadError, get_extractor
-    from mer.pipeline.stage import StageSpec, build_extractor
+    from mer.pipeline.stage import StageSpec, build_extractor, clip_clock
 
     spec = StageSpec(modality="audio", clips=Path("."), store=Path("."), extractor=extractor,
                      config={"level": "frame", "batch_size": 2})
@@ -165,10 +171,14 @@ def test_audio_extractors_add_the_offset_to_frame_times(extractor: str) -> None:
     except (ModelLoadError, ValueError) as exc:  # optional package or bundled model not installed
         pytest.skip(f"{extractor} not available: {exc}")
     x = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)
-    at0, at1 = ext.extract([AudioClip("a", x), AudioClip("b", x, offset=1.0)])
-    np.testing.assert_allclose(at1.times, at0.times + 1.0, atol=1e-5)
+    late = AudioClip("b", x, offset=1.0)
+    at0, at1 = ext.extract([AudioClip("a", x), late])
+    np.testing.assert_array_equal(at1.times, at0.times)
     np.testing.assert_allclose(at1.values, at0.values, atol=1e-5)
     assert at0.times[0] == 0 and get_extractor(extractor).modality == "audio"
+    moved = clip_clock(late, at1.times)
+    np.testing.assert_allclose(moved, at0.times + 1.0, atol=1e-6)
+    assert moved.dtype == at1.times.dtype and clip_clock(AudioClip("a", x), at0.times) is at0.times
 
 
 # ---- bad input --------------------------------------------------------------------------------
