@@ -72,7 +72,8 @@ class VideoDecodeConfig:
     size: int | None = None  # resize so the shorter side is this many pixels (None: keep); unused with faces
     faces: bool = False  # crop the largest face per frame (full frame, centre square, when none)
     face_size: int = 224  # side of the square face crops, in pixels
-    face_detector: str = "auto"  # mtcnn, haar, none, or auto (mtcnn when facenet-pytorch imports, else haar)
+    face_detector: str = "auto"  # mtcnn, haar, none, or auto (mtcnn when facenet-pytorch imports, else haar;
+    # resolved when the config is made, with faces)
     face_margin: float = 0.2  # fraction of the face box added on each side of the crop
     require_face: bool = False  # a clip where no frame has a face fails (needs faces)
     face_scan_size: int | None = 720  # with faces: frames whose shorter side is larger are shrunk to
@@ -94,6 +95,12 @@ class VideoDecodeConfig:
         if self.face_detector not in detector_choices():
             raise ValueError(f"face_detector must be one of {', '.join(detector_choices())}, "
                              f"got {self.face_detector!r}")
+        if self.faces and self.face_detector == "auto":
+            from .face_detectors import resolve_detector
+
+            # resolved where the settings are made, once: a dask worker then runs the detector the
+            # provenance records (or fails saying how to install it), never another fallback
+            self.face_detector = resolve_detector("auto")
         if not self.face_margin >= 0:
             raise ValueError(f"face_margin must be >= 0, got {self.face_margin}")
         if self.require_face and not self.faces:
@@ -108,11 +115,7 @@ class VideoDecodeConfig:
         d.pop("face_device")  # where the detector ran changes speed, not what the features mean
         if self.num_frames is not None:
             d["fps"] = None
-        if self.faces:  # the detector that runs, not "auto"
-            from .face_detectors import resolve_detector
-
-            d["face_detector"] = resolve_detector(self.face_detector)
-        else:  # the face settings change nothing without face crops
+        if not self.faces:  # the face settings change nothing without face crops
             for k in ("face_detector", "face_margin", "require_face", "face_scan_size"):
                 d.pop(k)
         return d

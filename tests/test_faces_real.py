@@ -141,6 +141,26 @@ def test_missing_facenet_is_a_clear_error() -> None:
     assert "pip install --no-deps 'facenet-pytorch==2.6.0'" in res.stdout and "--face-detector haar" in res.stdout
 
 
+def test_auto_is_resolved_where_the_settings_are_made(tmp_path) -> None:
+    """``auto`` becomes ``mtcnn`` in the config itself: a (dask) worker that unpickles it without
+    facenet-pytorch fails saying how to install it, instead of running Haar under an mtcnn provenance."""
+    import pickle
+
+    cfg = VideoDecodeConfig(num_frames=2, faces=True)
+    assert cfg.face_detector == "mtcnn" and VideoDecodeConfig().face_detector == "auto"  # no faces: untouched
+    (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
+    code = ("import pickle, sys; sys.modules['facenet_pytorch'] = None\n"
+            "from mer.pipeline.decode_video import decode_video\n"
+            f"cfg = pickle.loads(open({str(tmp_path / 'cfg.pkl')!r}, 'rb').read())\n"
+            "assert cfg.face_detector == 'mtcnn'\n"
+            "try:\n"
+            f"    decode_video('w', {str(VIDEO / 'fer_woman2.mp4')!r}, cfg)\n"
+            "except ImportError as e:\n    print('refused:', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("refused:") and "facenet-pytorch" in res.stdout
+
+
 def test_no_face_clip_decodes_unless_required() -> None:
     path = VIDEO / f"{NO_FACE}.mp4"
     clip = decode_video(NO_FACE, path, VideoDecodeConfig(num_frames=4, faces=True, face_size=32))
