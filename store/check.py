@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .durable import chunk_paths
+from .durable import chunk_paths, sync_set
 from .featureset import FeatureSet
 from .featurestore import FeatureStore
 from .frame_extras import COUNT_ATTR as FX_COUNT
@@ -90,6 +90,7 @@ def check_set(fs: FeatureSet, *, repair: bool = False) -> list[Problem]:
     if repair:
         with locked(fs.path, what=f"feature set {fs.key!r}"):
             out.extend(_check_arrays(fs, repair=True))
+            sync_set(fs.group(mode="r"))  # the repair's rewrites and its ledger reach the disk
     else:
         out.extend(_check_arrays(fs, repair=False))
     return out

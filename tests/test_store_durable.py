@@ -141,3 +141,20 @@ def test_chunk_lost_after_commit_is_reported_and_its_clips_redone(tmp_path, leve
     if level == "frame":
         for i, t in enumerate(fs.read_times(names(0, 80))):
             np.testing.assert_array_equal(t, np.arange(FRAMES, dtype=np.float32) + i)
+
+
+def test_repair_fsyncs_its_rewrites_and_the_ledger_last(tmp_path, caplog):
+    store = FeatureStore(tmp_path / "s.zarr")
+    fs = store.create("audio/utt", level="utt", dim=D, provenance=Provenance(extractor="x"))
+    write(fs, names(0, 80), "utt")
+    (fs.path / "values/c/1/0").unlink()  # rows 64-79 lost: repair blanks their names (names/c/0 rewritten)
+    (fs.path / "_pending").mkdir(exist_ok=True)
+    with caplog.at_level(logging.DEBUG, logger="mer.store.durable"):
+        fixed = check_store(store, repair=True)
+    assert fixed and all(p.fixed for p in fixed)
+    paths = synced(caplog)[-1]
+    assert paths[-2:] == ["zarr.json", "."]  # the ledger, then the set directory, after everything else
+    assert {"names/c/0", "names/zarr.json", "values/zarr.json", "values/c/0/0", "names/c"} <= set(paths)
+    assert paths.index("names/c/0") < paths.index("names/zarr.json") < paths.index("names/c")
+    assert not [p for p in paths if p.startswith("_")]
+    assert fs.done_names() == set(names(0, 64))
