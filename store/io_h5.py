@@ -2,7 +2,10 @@
 
 HDF5 layout: one group per set key (``/audio/whisper-base``) with datasets ``names`` (UTF-8),
 ``values``, and at frame level ``offsets`` and ``times``; the group attribute ``mer`` holds the
-set's metadata (level, dim, dtype, provenance) as JSON.
+set's metadata (level, dim, dtype, provenance) as JSON. What the set records beside the vectors
+comes along: per-clip numbers as ``clip_extras/<key>`` ``[N]`` (NaN: not recorded) and per-frame
+numbers (e.g. the face box of each decoded frame) as ``frame_extras/offsets`` ``[N+1]`` plus
+``frame_extras/<key>`` (the clips' frames one after another; a clip without them has none).
 """
 
 from __future__ import annotations
@@ -40,7 +43,33 @@ def export_h5(store: FeatureStore, path: str | os.PathLike[str], keys: list[str]
                 g.create_dataset("values", data=flat, chunks=True if len(flat) else None)
                 times = fs.read_times(names)
                 g.create_dataset("times", data=np.concatenate(times) if times else np.zeros(0, np.float32))
+            _export_extras(fs, g, names, meta)
     return keys
+
+
+def _export_extras(fs, g: h5py.Group, names: list[str], meta: dict) -> None:
+    """``clip_extras/<k>`` and ``frame_extras/{offsets,<k>}`` of a set, when it records any."""
+    if meta.get("extras"):
+        ce = g.create_group("clip_extras")
+        for key in meta["extras"]:
+            ce.create_dataset(key, data=fs.read_extra(key, names).astype(np.float64))
+    fx_keys = fs.frame_extra_keys()
+    if fx_keys:
+        fe = g.create_group("frame_extras")
+        per_key = {k: fs.read_frame_extra(k, names) for k in fx_keys}
+        lengths = np.array([len(x) for x in per_key[fx_keys[0]]], dtype=np.int64)
+        fe.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]))
+        for key, arrays in per_key.items():
+            fe.create_dataset(key, data=np.concatenate(arrays).astype(np.float32) if arrays else np.zeros(0, np.float32))
+
+
+def _import_extras(g: h5py.Group) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, np.ndarray]]:
+    """(per-clip arrays, frame-extras offsets or ``None``, per-frame arrays) of an exported set."""
+    clip = {k: g["clip_extras"][k][:] for k in g["clip_extras"]} if "clip_extras" in g else {}
+    if "frame_extras" not in g:
+        return clip, None, {}
+    fe = g["frame_extras"]
+    return clip, fe["offsets"][:], {k: fe[k][:] for k in fe if k != "offsets"}
 
 
 def import_h5(store: FeatureStore, path: str | os.PathLike[str], keys: list[str] | None = None, *,
@@ -62,16 +91,21 @@ def import_h5(store: FeatureStore, path: str | os.PathLike[str], keys: list[str]
             values = g["values"][:]
             if meta["level"] == "frame":
                 offsets, times = g["offsets"][:], g["times"][:]
+            clip_x, fx_off, frame_x = _import_extras(g)
             with fs.writer(flush_rows=8192) as w:
                 for i, name in enumerate(names):
                     if name in done:
                         report.skipped += 1
                         continue
+                    extras = {k: float(v[i]) for k, v in clip_x.items() if np.isfinite(v[i])}
+                    per_frame = None
+                    if fx_off is not None and fx_off[i + 1] > fx_off[i]:
+                        per_frame = {k: v[int(fx_off[i]):int(fx_off[i + 1])] for k, v in frame_x.items()}
                     if meta["level"] == "utt":
-                        w.add(name, values[i])
+                        w.add(name, values[i], extras=extras, frame_extras=per_frame)
                     else:
                         lo, hi = int(offsets[i]), int(offsets[i + 1])
-                        w.add(name, values[lo:hi], times=times[lo:hi])
+                        w.add(name, values[lo:hi], times=times[lo:hi], extras=extras, frame_extras=per_frame)
                     report.written += 1
             reports.append(report)
     return reports

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE
-from mer.store import FeatureStore
+from mer.store import FeatureStore, Provenance
 from mer.store.check import check_store
 from mer.store.io_csv import import_csv_features
 from mer.store.io_h5 import export_h5, import_h5
@@ -115,3 +115,33 @@ def test_csv_import_bad_row_and_duplicates(tmp_path):
     dup.write_text("name,a\nx,1\nx,2\n")
     with pytest.raises(ValueError, match="duplicate clip name 'x'"):
         import_csv_features(store, "video/d", dup)
+
+
+@pytest.mark.parametrize("level", ["utt", "frame"])
+def test_h5_round_trip_keeps_per_clip_and_per_frame_extras(tmp_path, level):
+    """Face boxes per decoded frame and per-clip numbers survive export and import; a clip written
+    without them stays without them (empty frame extras, NaN per-clip numbers)."""
+    store = FeatureStore(tmp_path / "s.zarr")
+    fs = store.create(f"video/{level}", level=level, dim=4, provenance=Provenance(extractor="x"), dtype="float32")
+    rng = np.random.default_rng(0)
+    frames = {"a": 3, "b": 5, "c": 2}
+    with fs.writer() as w:
+        for name, t in frames.items():
+            fx = None if name == "c" else {"face_score": rng.random(t).astype(np.float32),
+                                          "face_x0": np.where(np.arange(t) == 1, np.nan, 0.25).astype(np.float32)}
+            extras = {} if name == "b" else {"faces": float(t)}
+            values = rng.standard_normal(4 if level == "utt" else (t, 4)).astype(np.float32)
+            w.add(name, values, times=None if level == "utt" else np.arange(t, dtype=np.float32) / 2,
+                  extras=extras, frame_extras=fx)
+    export_h5(store, tmp_path / "x.h5")
+    again = FeatureStore(tmp_path / "t.zarr")
+    assert [r.written for r in import_h5(again, tmp_path / "x.h5")] == [3]
+    a, b = fs, again[f"video/{level}"]
+    names = list(frames)
+    np.testing.assert_array_equal(b.read_extra("faces", names), [3.0, np.nan, 2.0])
+    assert b.frame_extra_keys() == a.frame_extra_keys() == ["face_score", "face_x0"]
+    for key in ("face_score", "face_x0"):
+        for x, y in zip(a.read_frame_extra(key, names), b.read_frame_extra(key, names)):
+            np.testing.assert_array_equal(x, y)
+    assert [len(x) for x in b.read_frame_extra("face_x0", names)] == [3, 5, 0]
+    assert check_store(again) == []
