@@ -260,12 +260,12 @@ def test_video_stage_decodes_in_parallel_threads(tmp_path: Path, caplog: pytest.
     spec = StageSpec(modality="video", clips=write_csv(tmp_path / "clips.csv", rows), store=tmp_path / "s.zarr",
                      extractor="clip", config={"model": str(model), "batch_size": 2},
                      decode=DecodeSettings(video=VideoDecodeConfig(fps=2.0, size=64)), decode_threads=2)
-    caplog.set_level(logging.DEBUG, logger="mer.pipeline.decode_video")
+    caplog.set_level(logging.DEBUG, logger="mer.pipeline.video_reader")
     with one_torch_thread():
         report = run_stage(spec, progress=False)
     assert report.done == len(REAL) and not report.failed
     spans = [(r.threadName, r.created - r.args[-1], r.created) for r in caplog.records
-             if r.name == "mer.pipeline.decode_video" and "frames decoded from" in r.getMessage()]
+             if r.name == "mer.pipeline.video_reader" and "frames decoded from" in r.getMessage()]
     assert len(spans) == len(REAL)
     threads = {t for t, _, _ in spans}
     assert len(threads) == 2 and all(t.startswith("decode") for t in threads), threads
@@ -281,11 +281,12 @@ def test_4k_clip_with_faces_is_scanned_at_the_face_scan_size(tmp_path: Path) -> 
     script = textwrap.dedent("""
         import resource, sys
         from pathlib import Path
-        from mer.pipeline.decode_video import _Shape, VideoDecodeConfig, decode_video
+        from mer.pipeline.decode_video import VideoDecodeConfig, decode_video
+        from mer.pipeline.video_reader import FrameShape
         import av
         cfg = VideoDecodeConfig(fps=2.0, faces=True, face_detector="none", face_size=112)
         with av.open(sys.argv[1]) as c:
-            shape = _Shape(cfg)
+            shape = FrameShape(cfg)
             img = shape.rgb(next(c.decode(video=0)))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         clip = decode_video("uhd", Path(sys.argv[1]), cfg)
@@ -328,7 +329,7 @@ def test_decode_threads_option_sets_the_decode_pool(tmp_path: Path) -> None:
             if "frames decoded from" in record.getMessage():
                 threads.append(record.threadName)
 
-    logger = logging.getLogger("mer.pipeline.decode_video")
+    logger = logging.getLogger("mer.pipeline.video_reader")
     handler, level = Collect(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
