@@ -9,7 +9,8 @@ without holding the GIL). Only what the chosen frames need is decoded:
   keyframe, so the groups of pictures between two chosen frames are skipped; a seek that does not
   land before its frame makes the whole clip decode sequentially;
 * only the chosen frames are converted to RGB, at the decode size, in the same conversion
-  (:class:`FrameShape`), and turned upright (display-matrix rotation).
+  (:class:`FrameShape`), and turned upright and unmirrored as the display matrix says
+  (:func:`orientation`).
 
 A damaged packet is counted and decoding resumes at the next keyframe; a file that breaks off keeps
 what came before; :func:`read_frames` says what happened in its third return value.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,7 +295,7 @@ class FrameShape:
         self.size = cfg.face_scan_size if cfg.faces else cfg.size  # face crops: only ever shrunk
         self.shrink_only = cfg.faces
         self.coded: tuple[int, int] | None = None  # (width, height) every frame is converted to
-        self.turns = 0  # quarter turns counter-clockwise that make the frames upright
+        self.upright: Callable[[np.ndarray], np.ndarray] | None = None  # display matrix: turn and/or mirror
 
     def rgb(self, frame: Any) -> np.ndarray:
         """``frame`` as ``[H, W, 3]`` uint8 RGB, resized while converting, then turned upright."""
@@ -303,13 +304,57 @@ class FrameShape:
             if self.shrink_only and size is not None and size >= min(frame.width, frame.height):
                 size = None
             self.coded = target_size(frame.width, frame.height, size)
-            self.turns = _quarter_turns(frame.rotation)
+            self.upright = orientation(display_matrix(frame), frame.rotation)
         w, h = self.coded
         if (w, h) == (frame.width, frame.height):
             img = frame.to_ndarray(format="rgb24")
         else:
             img = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=_INTERPOLATION)
-        return np.ascontiguousarray(np.rot90(img, self.turns)) if self.turns else img
+        return np.ascontiguousarray(self.upright(img)) if self.upright else img
+
+
+def display_matrix(frame: Any) -> np.ndarray | None:
+    """The frame's display matrix (9 int32 in FFmpeg's layout), or ``None`` when it carries none."""
+    for data in getattr(frame, "side_data", None) or ():
+        if str(data.type).endswith("DISPLAYMATRIX"):
+            matrix = np.frombuffer(bytes(data), dtype=np.int32)
+            return matrix if matrix.size == 9 else None
+    return None
+
+
+def orientation(matrix: np.ndarray | None, rotation: float | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """How an ``[H, W, C]`` frame is shown: the turn and mirroring of its display matrix, as the
+    ``ffmpeg`` command line's autorotation applies them (``None``: as coded).
+
+    ``rotation`` is the matrix's angle as FFmpeg reads it (``av_display_rotation_get``, PyAV's
+    ``frame.rotation``). A mirrored matrix (front cameras) reads as a turn too (a horizontal mirror
+    as 180 degrees), so the signs of its entries decide between a turn and a mirror, as in ``ffmpeg``:
+    without them the frame would come out upside down instead of mirrored.
+    """
+    if matrix is None:
+        turns = _quarter_turns(rotation)
+        return (lambda img: np.rot90(img, turns)) if turns else None
+    theta = -float(rotation or 0.0) % 360.0  # clockwise degrees, as ffmpeg's get_rotation
+    a, c, d = int(matrix[0]), int(matrix[3]), int(matrix[4])
+    if abs(theta - 90) < 1:
+        if c > 0:  # turned and mirrored: a transpose
+            return lambda img: img.transpose(1, 0, *range(2, img.ndim))
+        return lambda img: np.rot90(img, -1)
+    if abs(theta - 270) < 1:
+        if c < 0:
+            return lambda img: np.flipud(np.rot90(img, -1))
+        return lambda img: np.rot90(img, 1)
+    if abs(theta - 180) < 1 or abs(theta) < 1 or abs(theta - 360) < 1:
+        flip_h, flip_v = abs(theta - 180) < 1 and a < 0, d < 0
+        if flip_h and flip_v:
+            return lambda img: img[::-1, ::-1]
+        if flip_h:
+            return lambda img: img[:, ::-1]
+        if flip_v:
+            return lambda img: img[::-1]
+        return None
+    turns = _quarter_turns(rotation)
+    return (lambda img: np.rot90(img, turns)) if turns else None
 
 
 def target_size(width: int, height: int, size: int | None) -> tuple[int, int]:

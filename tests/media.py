@@ -76,14 +76,16 @@ def timed_image(i: int, w: int = W, h: int = H) -> np.ndarray:
 
 def write_timed(path: Path, frame_times: np.ndarray | None = None, *, seconds: float = SECONDS, fps: int = FPS,
                 size: tuple[int, int] = (W, H), audio_start: float | None = None, audio_codec: str | None = None,
-                rotation: int = 0, gop: int | None = None, preset: str | None = None) -> Path:
+                rotation: int = 0, gop: int | None = None, preset: str | None = None,
+                display_matrix: list[int] | None = None) -> Path:
     """Write H.264 video whose frames sit at ``frame_times`` seconds (default ``i / fps`` for
     ``seconds``; any increasing times, e.g. a variable frame rate or a late start), with frames
     :func:`timed_image`, and optionally a mono 0.5-amplitude 440 Hz tone of ``seconds`` whose first
     sample is at ``audio_start`` seconds.
 
     ``size``: (width, height) as coded. ``rotation``: display-matrix rotation in degrees
-    counter-clockwise (a phone video: the frames are stored sideways). ``gop``: keyframe interval in
+    counter-clockwise (a phone video: the frames are stored sideways). ``display_matrix``: the 9
+    int32 of FFmpeg's display matrix instead (mirrored ones, from front cameras). ``gop``: keyframe interval in
     frames. ``preset``: x264 preset (``ultrafast`` for large frames). ``audio_codec``: default AAC
     (whose encoder delay puts its first packet 1024 samples before ``audio_start``), or e.g.
     ``pcm_s16le`` in a ``.mov``.
@@ -99,6 +101,8 @@ def write_timed(path: Path, frame_times: np.ndarray | None = None, *, seconds: f
         vs.codec_context.time_base = ms
         if rotation:
             vs.set_display_rotation(rotation)
+        if display_matrix is not None:
+            vs.set_display_matrix(display_matrix)
         a_s = None
         if audio_start is not None:
             rate = 16000

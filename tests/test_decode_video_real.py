@@ -206,6 +206,32 @@ def test_rotated_phone_video_is_upright(tmp_path: Path, degrees: int, up: str) -
     assert small.frames.shape[1:] == (32, 24, 3)  # shorter side 24, still upright
 
 
+ONE, W30 = 65536, 1 << 30  # FFmpeg's display matrix: 16.16 fixed point, last column 2.30
+
+
+@pytest.mark.parametrize("matrix, rotation, shown", [
+    ([-ONE, 0, 0, 0, ONE, 0, 0, 0, W30], -180, lambda img: img[:, ::-1]),  # mirrored left-right
+    ([ONE, 0, 0, 0, -ONE, 0, 0, 0, W30], 0, lambda img: img[::-1]),  # mirrored top-bottom
+    ([0, ONE, 0, ONE, 0, 0, 0, 0, W30], -90, lambda img: img.transpose(1, 0, 2)),  # turned and mirrored
+    ([-ONE, 0, 0, 0, -ONE, 0, 0, 0, W30], -180, lambda img: img[::-1, ::-1]),  # turned 180 degrees
+], ids=["hflip", "vflip", "transpose", "rot180"])
+def test_mirrored_video_is_shown_as_ffmpeg_shows_it(tmp_path: Path, matrix: list[int], rotation: int,
+                                                    shown) -> None:
+    """A mirrored display matrix (front cameras) reads as a turn to FFmpeg's angle (a left-right
+    mirror as 180 degrees); the frames must come out mirrored, as ``ffmpeg``'s autorotation shows
+    them, not upside down."""
+    path = write_timed(tmp_path / "mirror.mp4", seconds=1, display_matrix=matrix)
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).rotation == rotation  # what the angle alone would say
+    clip = decode_video("selfie", path, VideoDecodeConfig(fps=None))
+    expected = shown(timed_image(3))
+    assert clip.frames.shape[1:] == expected.shape
+    assert np.abs(clip.frames[3].astype(int) - expected).mean() < 8
+    small = decode_video("selfie", path, VideoDecodeConfig(fps=2.0, size=24))
+    assert min(small.frames.shape[1:3]) == 24 and small.frames.shape[1:3] == tuple(
+        round(24 * x / min(expected.shape[:2])) for x in expected.shape[:2])
+
+
 def test_4k_clip_memory_is_bounded_by_the_sampled_frames(tmp_path: Path) -> None:
     n, fps = 32, 8
     path = write_timed(tmp_path / "uhd.mp4", seconds=n / fps, fps=fps, size=(3840, 2160), preset="ultrafast")
