@@ -5,6 +5,7 @@ store on disk (3 classes, 12 speakers), the real ``concat`` model, one torch thr
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -135,3 +136,23 @@ def test_cli_trains_and_predicts_with_the_final_model(run, tmp_path):
         assert res.returncode == 0, res.stderr
         rows[models] = (tmp_path / f"{models}_probs.csv").read_text().splitlines()
     assert len(rows["auto"]) == len(run["names"]) + 1 and rows["auto"] != rows["folds"]
+
+
+def test_selftrain_rounds_from_a_final_run_use_their_fold_models(run, tmp_path):
+    """Self-training rounds train per-fold pseudo-labels, so they record ``final: false`` and have no
+    final model; the base run keeps its own."""
+    from mer.fusion.selftrain import SelfTrainConfig, run_selftrain
+
+    root = run["root"]
+    base = tmp_path / "base"
+    train(root, base, final=True, epochs=4)
+    pool = [n for n in run["names"] if n.startswith("new")]
+    with one_torch_thread():
+        summary = run_selftrain(base, run["store"], pool, tmp_path / "st", SelfTrainConfig(rounds=1, threshold=0.0),
+                                labels_csv=root / "labels.csv", progress=False)
+    round1 = tmp_path / "st" / "round1"
+    assert len(summary["rounds"]) == 2 and not (round1 / FINAL_CHECKPOINT).exists()
+    config = json.loads((round1 / "config.json").read_text())
+    assert config["train"]["final"] is False
+    assert [p.name for p in run_models(round1, config)] == ["fold0.pt", "fold1.pt", "fold2.pt"]
+    assert (base / FINAL_CHECKPOINT).is_file()
