@@ -246,7 +246,7 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
     rounds = [_round_row(0, base_metrics, str(base.resolve()))]
     by = "select_score" if rounds[0]["select_score"] is not None else "oof_waf"
     if by == "oof_waf":
-        log.warning("the base run picked its epochs with select=%r: rounds are compared by their out-of-fold WAF, "
+        log.warning("the base run has no inner split (select=%r): rounds are compared by their out-of-fold WAF, "
                     "the reported metric itself (optimistic); retrain the base with select='inner'", train_cfg.select)
     per_fold = predict_folds(base, config, data, pool_rows, train_cfg.device)
     best, stale, prev_dir = 0, 0, base
