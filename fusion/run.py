@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 FINAL_CHECKPOINT = "final.pt"  # the model trained on every labelled clip (TrainConfig.final)
 
 
+def clear_checkpoints(out: Path) -> None:
+    """Make ``out`` and remove the checkpoints an earlier run left there (``fold<k>.pt``, ``final.pt``):
+    a run with fewer folds, or without a final model, would otherwise predict with the old ones."""
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [p for p in out.glob("fold*.pt") if p.stem[4:].isdigit()] + [out / FINAL_CHECKPOINT]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def set_identity(store: FeatureStore, key: str) -> dict[str, Any]:
     """What a run remembers of a feature set, to refuse a different one at prediction time."""
     fs = store[key]
@@ -104,8 +113,7 @@ def train_run(store_path: Path, features: list[str], labels_csv: Path, out: Path
     resolved = dataclasses.asdict(config_from_dict(cfg_cls, model_config or {}))
     run = RunConfig(features=list(features), model=model, model_config=resolved, train=train,
                     folds=len(fold_list), group_col=group_col, classes=classes)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FINAL_CHECKPOINT).unlink(missing_ok=True)  # a final model of an earlier run here is not this run's
+    clear_checkpoints(out)
     config = {**dataclasses.asdict(run), "store": str(store_path), "labels": str(labels_csv),
               "sets": {k: set_identity(store, k) for k in features}, "n_clips": len(data),
               "clips": str(clips_csv) if clips_csv else None, "val": str(val) if val else None}

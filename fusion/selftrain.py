@@ -53,7 +53,7 @@ from .models import build_model
 from .predict import (attach_groups, check_store_matches, fold_checkpoints, load_run, predict_folds, resolve_run,
                       run_oof, saved_folds)
 from .priors import correct, per_class, predicted_shares, training_side
-from .run import fit_folds, write_run
+from .run import clear_checkpoints, fit_folds, write_run
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
         # what round r-1's models said about the pool
         rounds[-1].update({"pool_predicted": predicted_shares(posteriors.mean(0).argmax(1), classes, 4), **shift})
         round_dir = out / f"round{r}"
-        round_dir.mkdir(parents=True, exist_ok=True)
+        clear_checkpoints(round_dir)
         (round_dir / "config.json").write_text(json.dumps(
             {**config, "train": asdict(train_cfg), "labels": str(labels_path),
              "clips": str(clips_csv) if clips_csv else None,

@@ -108,8 +108,12 @@ def test_predict_uses_the_final_model_and_folds_on_request(run):
 
 def test_a_rerun_without_final_drops_the_old_final_model(run, tmp_path):
     out = tmp_path / "run"
+    with one_torch_thread():  # an earlier run with more folds in the same folder
+        train_run(run["root"] / "features.zarr", KEYS, run["root"] / "labels.csv", out, model="concat",
+                  model_config={"hidden": 8}, train=TrainConfig(epochs=1, batch_size=16), folds=4, progress=False)
+    assert (out / "fold3.pt").is_file()
     train(run["root"], out, final=True, epochs=3)
-    assert (out / FINAL_CHECKPOINT).is_file()
+    assert (out / FINAL_CHECKPOINT).is_file() and not (out / "fold3.pt").exists()  # 3 folds now
     metrics = train(run["root"], out, epochs=3)
     assert "final" not in metrics and not (out / FINAL_CHECKPOINT).exists()
     config = {"train": {"final": False}}
