@@ -224,21 +224,21 @@ def fit_folds(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarr
                     time.perf_counter() - t0, selection)
 
 
-def final_epochs(fits: FoldFits) -> int:
+def final_epochs(fold_epochs: list[int]) -> int:
     """How long the final model trains: the median of the folds' trained epoch counts (at least 1)."""
-    counts = [int(f["best_epoch"]) + 1 for f in fits.folds]
-    return max(1, int(round(float(np.median(counts)))))
+    return max(1, int(round(float(np.median(fold_epochs)))))
 
 
 def fit_final(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarray, fits: FoldFits,
-              n_classes: int, train: TrainConfig, out: Path, rows: np.ndarray | None = None) -> dict[str, Any]:
+              n_classes: int, train: TrainConfig, out: Path) -> dict[str, Any]:
     """Train one model on every labelled row for :func:`final_epochs` epochs; save ``final.pt``.
 
     A plateau schedule steps on the folds' mean selection curve (the signal their picked models
     saw). Returns what ``metrics.json`` records under ``final``.
     """
-    rows = np.flatnonzero(y >= 0) if rows is None else np.asarray(rows, np.int64)
-    epochs = final_epochs(fits)
+    rows = np.flatnonzero(y >= 0)
+    fold_epochs = [int(f["best_epoch"]) + 1 for f in fits.folds]
+    epochs = final_epochs(fold_epochs)
     key = "select_waf" if all("select_waf" in h for h in fits.histories) else "val_waf"
     curves = [h.get(key, []) for h in fits.histories]
     signal = [float(np.mean([c[e] for c in curves if e < len(c)])) for e in range(epochs)
@@ -252,7 +252,7 @@ def fit_final(make: Callable[[], torch.nn.Module], data: FusionData, y: np.ndarr
     log.info("final model: %d epochs on all %d labelled clips (%.1f s) -> %s", epochs, len(rows), seconds,
              out / FINAL_CHECKPOINT)
     return {"epochs": epochs, "n_train": int(len(rows)), "seconds": seconds,
-            "fold_epochs": [int(f["best_epoch"]) + 1 for f in fits.folds]}
+            "fold_epochs": fold_epochs}
 
 
 def write_run(out: Path, model: str, features: list[str], data: FusionData, y: np.ndarray, fits: FoldFits,

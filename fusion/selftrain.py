@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -224,11 +224,11 @@ def run_selftrain(base_run: Path, store_path: Path, pool: list[str], out: Path, 
     labels = read_labels(labels_path, classes)
     lab_names = list(labels)
     pool = _check_pool(store, keys, pool, set(lab_names))
-    # a base run made before `select` existed picked its epochs on its validation folds: the rounds do the same
-    train_cfg = TrainConfig(**{"select": "outer", **config["train"], **({"device": device} if device else {})})
-    # rounds predict (the pool, and later with `mer fuse predict`) with their fold models: their pseudo-labels
+    # a base run made before `select` existed picked its epochs on its validation folds: the rounds do the same.
+    # Rounds predict (the pool, and later with `mer fuse predict`) with their fold models: their pseudo-labels
     # differ per fold, so there is no one training set for a final model
-    train_cfg = replace(train_cfg, final=False)
+    train_cfg = TrainConfig(**{"select": "outer", **config["train"], "final": False,
+                               **({"device": device} if device else {})})
     data = load_features(store, keys, lab_names + pool, train_cfg.max_frames)
     clips_csv = clips_csv or (Path(config["clips"]) if config.get("clips") else None)
     attach_groups(config, data, clips_csv, base)

@@ -331,28 +331,27 @@ def orientation(matrix: np.ndarray | None, rotation: float | None) -> Callable[[
     as 180 degrees), so the signs of its entries decide between a turn and a mirror, as in ``ffmpeg``:
     without them the frame would come out upside down instead of mirrored.
     """
-    if matrix is None:
-        turns = _quarter_turns(rotation)
-        return (lambda img: np.rot90(img, turns)) if turns else None
     theta = -float(rotation or 0.0) % 360.0  # clockwise degrees, as ffmpeg's get_rotation
-    a, c, d = int(matrix[0]), int(matrix[3]), int(matrix[4])
-    if abs(theta - 90) < 1:
-        if c > 0:  # turned and mirrored: a transpose
-            return lambda img: img.transpose(1, 0, *range(2, img.ndim))
-        return lambda img: np.rot90(img, -1)
-    if abs(theta - 270) < 1:
-        if c < 0:
-            return lambda img: np.flipud(np.rot90(img, -1))
-        return lambda img: np.rot90(img, 1)
-    if abs(theta - 180) < 1 or abs(theta) < 1 or abs(theta - 360) < 1:
-        flip_h, flip_v = abs(theta - 180) < 1 and a < 0, d < 0
-        if flip_h and flip_v:
-            return lambda img: img[::-1, ::-1]
-        if flip_h:
-            return lambda img: img[:, ::-1]
-        if flip_v:
-            return lambda img: img[::-1]
-        return None
+    if matrix is not None:
+        a, c, d = int(matrix[0]), int(matrix[3]), int(matrix[4])
+        if abs(theta - 90) < 1:
+            if c > 0:  # turned and mirrored: a transpose
+                return lambda img: img.transpose(1, 0, *range(2, img.ndim))
+            return lambda img: np.rot90(img, -1)
+        if abs(theta - 270) < 1:
+            if c < 0:
+                return lambda img: np.flipud(np.rot90(img, -1))
+            return lambda img: np.rot90(img, 1)
+        if abs(theta - 180) < 1 or abs(theta) < 1 or abs(theta - 360) < 1:
+            flip_h, flip_v = abs(theta - 180) < 1 and a < 0, d < 0
+            if flip_h and flip_v:
+                return lambda img: img[::-1, ::-1]
+            if flip_h:
+                return lambda img: img[:, ::-1]
+            if flip_v:
+                return lambda img: img[::-1]
+            return None
+    # no matrix to read (only the angle), or an angle that is not a multiple of 90 degrees
     turns = _quarter_turns(rotation)
     return (lambda img: np.rot90(img, turns)) if turns else None
 

@@ -37,12 +37,10 @@ def export_h5(store: FeatureStore, path: str | os.PathLike[str], keys: list[str]
             if meta["level"] == "utt":
                 g.create_dataset("values", data=data, chunks=True)
             else:
-                lengths = np.array([len(x) for x in data], dtype=np.int64)
-                g.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]))
-                flat = np.concatenate(data) if data else np.zeros((0, meta["dim"]), meta["dtype"])
+                offsets, flat = _flatten(data, np.zeros((0, meta["dim"]), meta["dtype"]))
+                g.create_dataset("offsets", data=offsets)
                 g.create_dataset("values", data=flat, chunks=True if len(flat) else None)
-                times = fs.read_times(names)
-                g.create_dataset("times", data=np.concatenate(times) if times else np.zeros(0, np.float32))
+                g.create_dataset("times", data=_flatten(fs.read_times(names), np.zeros(0, np.float32))[1])
             _export_extras(fs, g, names, meta)
     return keys
 
@@ -56,11 +54,17 @@ def _export_extras(fs, g: h5py.Group, names: list[str], meta: dict) -> None:
     fx_keys = fs.frame_extra_keys()
     if fx_keys:
         fe = g.create_group("frame_extras")
-        per_key = {k: fs.read_frame_extra(k, names) for k in fx_keys}
-        lengths = np.array([len(x) for x in per_key[fx_keys[0]]], dtype=np.int64)
-        fe.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]))
-        for key, arrays in per_key.items():
-            fe.create_dataset(key, data=np.concatenate(arrays).astype(np.float32) if arrays else np.zeros(0, np.float32))
+        for i, key in enumerate(fx_keys):
+            offsets, flat = _flatten(fs.read_frame_extra(key, names), np.zeros(0, np.float32))
+            if i == 0:  # every key has the same frames per clip
+                fe.create_dataset("offsets", data=offsets)
+            fe.create_dataset(key, data=flat.astype(np.float32))
+
+
+def _flatten(arrays: list[np.ndarray], empty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged per-clip arrays as ``offsets`` ``[N+1]`` and their rows one after another (``empty``: none)."""
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in arrays], dtype=np.int64)]).astype(np.int64)
+    return offsets, (np.concatenate(arrays) if arrays else empty)
 
 
 def _import_extras(g: h5py.Group) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, np.ndarray]]:
